@@ -1,0 +1,164 @@
+"""The HTTP surface of the ledger (Chalice). Parsing in, domain calls, responses out.
+
+No business rule lives here: requests become domain values (`api.requests`), the
+`Ledger` decides, and errors become problem details (`api.problems`). The `Ledger`
+is built on first use from the environment (`ledger.bootstrap`), or injected with
+`use_ledger` by tests and the local runtime.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable
+
+from aws_lambda_powertools import Logger
+from chalice import Chalice, Response
+from chalice.app import Request
+
+from ledger import errors
+from ledger.bootstrap import build_ledger
+from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest
+from ledger.config import Settings
+from ledger.events import Event
+from ledger.ids import parse_rfc3339
+from ledger.service import DEFAULT_PAGE, Ledger, Outcome
+
+from .problems import problem_for, problem_from_chalice
+from .requests import caller, parse_body, query_params
+
+app = Chalice(app_name="dynamo-ledger")
+logger = Logger(service="ledger-api")
+
+_ledger: Ledger | None = None
+
+
+def use_ledger(ledger: Ledger | None) -> None:
+    """Serve with this `Ledger` (None: build one from the environment on next use)."""
+    global _ledger
+    _ledger = ledger
+
+
+def current_ledger() -> Ledger:
+    global _ledger
+    if _ledger is None:
+        _ledger = build_ledger(Settings.from_env())
+    return _ledger
+
+
+@app.middleware("http")
+def problem_details(event: Request, get_response: Callable[[Request], Response]) -> Response:
+    """Every refusal, ours or Chalice's, leaves as a problem document; crashes too."""
+    logger.set_correlation_id((event.context or {}).get("requestId"))
+    response = get_response(event)
+    if response.status_code >= 400 and isinstance(response.body, dict) and "Code" in response.body:
+        return problem_from_chalice(response)
+    return response
+
+
+def route(path: str, methods: list[str]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """`app.route`, with every `LedgerError` the view raises answered as a problem document."""
+
+    def register(view: Callable[..., Response]) -> Callable[..., Response]:
+        @functools.wraps(view)
+        def refusing(*args: Any, **kwargs: Any) -> Response:
+            try:
+                return view(*args, **kwargs)
+            except errors.LedgerError as error:
+                return problem_for(error)
+
+        return app.route(path, methods=methods)(refusing)
+
+    return register
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        body=json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        status_code=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def _written(outcome: Outcome) -> Response:
+    headers = {"Content-Type": "application/json", **outcome.headers}
+    if outcome.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    else:
+        logger.info("recorded", extra={"location": outcome.headers.get("Location")})
+    return Response(body=outcome.body, status_code=outcome.status_code, headers=headers)
+
+
+def _events(events: list[Event]) -> list[dict[str, Any]]:
+    return [event.model_dump(mode="json", exclude_none=True) for event in events]
+
+
+@route("/accounts", methods=["POST"])
+def open_account() -> Response:
+    request = app.current_request
+    return _written(current_ledger().open_account(caller(request), parse_body(request, OpenAccountRequest)))
+
+
+@route("/accounts/{account_id}", methods=["GET"])
+def get_account(account_id: str) -> Response:
+    return _json(200, current_ledger().get_account(account_id).public())
+
+
+@route("/accounts/{account_id}/credits", methods=["POST"])
+def credit(account_id: str) -> Response:
+    request = app.current_request
+    return _written(current_ledger().credit(caller(request), account_id, parse_body(request, MovementRequest)))
+
+
+@route("/accounts/{account_id}/debits", methods=["POST"])
+def debit(account_id: str) -> Response:
+    request = app.current_request
+    return _written(current_ledger().debit(caller(request), account_id, parse_body(request, MovementRequest)))
+
+
+@route("/transfers", methods=["POST"])
+def transfer() -> Response:
+    request = app.current_request
+    return _written(current_ledger().transfer(caller(request), parse_body(request, TransferRequest)))
+
+
+@route("/transactions/{transaction_id}", methods=["GET"])
+def get_transaction(transaction_id: str) -> Response:
+    events = current_ledger().transaction(transaction_id)
+    return _json(200, {"transaction_id": transaction_id, "events": _events(events)})
+
+
+@route("/accounts/{account_id}/events", methods=["GET"])
+def account_events(account_id: str) -> Response:
+    params = query_params(app.current_request, {"limit", "cursor", "from", "to", "order"})
+    order = params.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise errors.InvalidQuery("order is asc or desc")
+    page = current_ledger().history(
+        account_id,
+        limit=_int_param(params, "limit", DEFAULT_PAGE),
+        cursor=params.get("cursor"),
+        start=_time_param(params, "from"),
+        end=_time_param(params, "to"),
+        order=order,  # type: ignore[arg-type]
+    )
+    return _json(200, {"account_id": account_id, "events": _events(page.events), "next_cursor": page.next_cursor})
+
+
+def _int_param(params: dict[str, str], name: str, default: int) -> int:
+    value = params.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or len(value) > 6:
+        raise errors.InvalidQuery(f"{name} must be a positive whole number")
+    return int(value)
+
+
+def _time_param(params: dict[str, str], name: str):
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_rfc3339(value)
+    except ValueError as exc:
+        raise errors.InvalidQuery(f"{name} must be an RFC 3339 time with a zone, such as 2026-11-22T10:00:00Z") from exc

@@ -1,0 +1,76 @@
+"""Domain errors to HTTP: one table of status codes, one RFC 9457 problem shape.
+
+Every refusal leaves with `type`, `title`, `status`, `detail` and a stable `code`
+that clients can branch on; extra members (such as `account_id` or `errors`) add
+what a caller needs to fix the request.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chalice import Response
+
+from ledger import errors
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
+    errors.MalformedRequest: 400,
+    errors.InvalidIdentifier: 400,
+    errors.InvalidQuery: 400,
+    errors.InvalidCursor: 400,
+    errors.IdempotencyKeyMissing: 400,
+    errors.IdempotencyKeyInvalid: 400,
+    errors.AccountNotFound: 404,
+    errors.TransactionNotFound: 404,
+    errors.AccountAlreadyExists: 409,
+    errors.AccountNotOpen: 409,
+    errors.IdempotencyInFlight: 409,
+    errors.DuplicateEvent: 409,
+    errors.PayloadTooLarge: 413,
+    errors.WrongRegion: 421,
+    errors.InvalidRequest: 422,
+    errors.IdempotencyKeyReused: 422,
+    errors.CurrencyMismatch: 422,
+    errors.InsufficientFunds: 422,
+    errors.SameAccountTransfer: 422,
+    errors.StoreUnavailable: 503,
+}
+
+_RETRY_AFTER_SECONDS = {409: "1", 503: "1"}
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
+    body = {"type": f"urn:problem-type:dynamo-ledger:{code}", "title": title, "status": status, "detail": detail}
+    body.update({"code": code, **extra})
+    headers = {"Content-Type": PROBLEM_CONTENT_TYPE}
+    if status in _RETRY_AFTER_SECONDS and code in ("idempotency_in_flight", "store_unavailable"):
+        headers["Retry-After"] = _RETRY_AFTER_SECONDS[status]
+    return Response(body=json.dumps(body, ensure_ascii=False), status_code=status, headers=headers)
+
+
+def problem_for(error: errors.LedgerError) -> Response:
+    status = STATUS_BY_ERROR.get(type(error), 400)
+    return problem(status, error.code, error.title, error.detail, **error.extra)
+
+
+def problem_from_chalice(response: Response) -> Response:
+    """Chalice's own refusals (415, 405, ...) in the same problem shape as ours."""
+    body = response.body if isinstance(response.body, dict) else {}
+    chalice_code = str(body.get("Code", "Error"))
+    code = {
+        "UnsupportedMediaType": "unsupported_media_type",
+        "MethodNotAllowedError": "method_not_allowed",
+        "BadRequestError": "malformed_request",
+        "NotFoundError": "not_found",
+        "InternalServerError": "internal_error",
+    }.get(chalice_code, "http_error")
+    detail = str(body.get("Message", "the request was refused"))
+    if code == "unsupported_media_type":
+        detail += "; send Content-Type: application/json"
+    extra_headers = {k: v for k, v in response.headers.items() if k.lower() == "allow"}
+    reply = problem(response.status_code, code, chalice_code, detail)
+    reply.headers.update(extra_headers)
+    return reply

@@ -1,0 +1,88 @@
+"""Reading an HTTP request into domain values: strict JSON, the caller, query params.
+
+JSON is parsed by hand rather than through Chalice's `json_body` so that every flaw
+gets its own clear refusal: bad UTF-8, NaN or Infinity, a duplicated key (which
+parsers resolve differently, a classic smuggling trick), a non-object body, or a
+body over `MAX_BODY_BYTES`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from chalice.app import Request
+from pydantic import BaseModel, ValidationError
+
+from ledger import errors
+from ledger.service import Caller
+
+MAX_BODY_BYTES = 16 * 1024
+IDEMPOTENCY_HEADER = "idempotency-key"
+ANONYMOUS = "anonymous"
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise errors.MalformedRequest(f"the key {key!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise errors.MalformedRequest(f"{name} is not a JSON number")
+
+
+def parse_body(request: Request, model: type[Model]) -> Model:
+    """The body validated as `model`, or the precise reason it is refused."""
+    raw = request.raw_body or b""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if len(raw) > MAX_BODY_BYTES:
+        raise errors.PayloadTooLarge(f"the body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted")
+    try:
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except errors.MalformedRequest:
+        raise
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise errors.MalformedRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise errors.MalformedRequest("the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise errors.InvalidRequest(
+            "; ".join(f"{_where(e)}: {e['msg']}" for e in exc.errors()),
+            errors=[{"field": _where(e), "message": e["msg"], "type": e["type"]} for e in exc.errors()],
+        ) from exc
+
+
+def _where(error: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "body"
+
+
+def caller(request: Request) -> Caller:
+    """Who is calling: the API Gateway principal when there is one; keys are scoped to it."""
+    context = request.context or {}
+    authorizer = context.get("authorizer") or {}
+    identity = context.get("identity") or {}
+    scope = (
+        authorizer.get("principalId")
+        or (authorizer.get("claims") or {}).get("sub")
+        or identity.get("userArn")
+        or identity.get("apiKeyId")
+        or ANONYMOUS
+    )
+    return Caller(scope=str(scope), idempotency_key=request.headers.get(IDEMPOTENCY_HEADER))
+
+
+def query_params(request: Request, allowed: set[str]) -> dict[str, str]:
+    params = dict(request.query_params or {})
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise errors.InvalidQuery(f"unknown query parameter(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return params

@@ -1,0 +1,3 @@
+"""Chalice's entry point; the app lives in the `api` package."""
+
+from api.app import app  # noqa: F401

@@ -1,0 +1,66 @@
+"""Configuration from the environment, and the one place that builds boto3 clients.
+
+The same code runs against DynamoDB Local, moto or AWS: only `endpoint_url` differs.
+Clients are built lazily by callers (the API on first request, the CLI per command),
+never at import time, so tests can point everything elsewhere by configuration.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import boto3
+from botocore.config import Config
+
+from .schema import LedgerTables
+
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the ledger's tables live and which region this process writes for."""
+
+    stage: str = "dev"
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    idempotency_ttl_seconds: int = 24 * 3600
+    tables: LedgerTables = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tables", LedgerTables.for_stage(self.stage))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """LEDGER_STAGE, LEDGER_REGION (else AWS_REGION), LEDGER_ENDPOINT_URL, LEDGER_IDEMPOTENCY_TTL_SECONDS."""
+        env = os.environ if environ is None else environ
+        return cls(
+            stage=env.get("LEDGER_STAGE", "dev"),
+            region=env.get("LEDGER_REGION") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            endpoint_url=env.get("LEDGER_ENDPOINT_URL") or None,
+            idempotency_ttl_seconds=int(env.get("LEDGER_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)),
+        )
+
+    @property
+    def is_local_endpoint(self) -> bool:
+        return bool(self.endpoint_url) and urlparse(self.endpoint_url).hostname in _LOOPBACK_HOSTS
+
+
+def dynamodb_client(settings: Settings):
+    """A DynamoDB client for these settings.
+
+    A loopback endpoint (DynamoDB Local, moto) gets placeholder credentials when the
+    environment has none: those servers accept any, and a new user has none set.
+    """
+    session = boto3.session.Session(region_name=settings.region)
+    credentials: dict[str, str] = {}
+    if settings.is_local_endpoint and session.get_credentials() is None:
+        credentials = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+    return session.client(
+        "dynamodb",
+        endpoint_url=settings.endpoint_url,
+        config=Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=64),
+        **credentials,
+    )

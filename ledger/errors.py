@@ -1,0 +1,161 @@
+"""Every way a ledger operation can be refused, rooted at `LedgerError`.
+
+Each class has a stable machine-readable `code`; the HTTP layer maps classes to
+status codes in one table (`api/problems.py`). Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LedgerError(Exception):
+    """Base of every refusal the ledger reports to a caller."""
+
+    code = "ledger_error"
+    title = "Ledger error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidRequest(LedgerError):
+    """The request is well-formed JSON but breaks a field rule."""
+
+    code = "validation_error"
+    title = "The request is not valid"
+
+
+class MalformedRequest(LedgerError):
+    """The body is not JSON, not an object, or not decodable."""
+
+    code = "malformed_request"
+    title = "The request body is not a JSON object"
+
+
+class PayloadTooLarge(LedgerError):
+    """The body is larger than the ledger accepts."""
+
+    code = "payload_too_large"
+    title = "The request body is too large"
+
+
+class InvalidIdentifier(LedgerError):
+    """An id in the path or query is not of the allowed form."""
+
+    code = "invalid_identifier"
+    title = "An identifier is not valid"
+
+
+class InvalidCursor(LedgerError):
+    """A pagination cursor was altered or belongs to another query."""
+
+    code = "invalid_cursor"
+    title = "The cursor is not valid for this query"
+
+
+class IdempotencyKeyMissing(LedgerError):
+    """A write came without an Idempotency-Key header."""
+
+    code = "idempotency_key_missing"
+    title = "The Idempotency-Key header is required"
+
+
+class IdempotencyKeyInvalid(LedgerError):
+    """The Idempotency-Key header is empty, too long or not printable."""
+
+    code = "idempotency_key_invalid"
+    title = "The Idempotency-Key header is not valid"
+
+
+class IdempotencyKeyReused(LedgerError):
+    """The key was already used for a different request."""
+
+    code = "idempotency_key_reused"
+    title = "The Idempotency-Key was used for a different request"
+
+
+class IdempotencyInFlight(LedgerError):
+    """Another request with the same key is being recorded right now."""
+
+    code = "idempotency_in_flight"
+    title = "A request with this Idempotency-Key is in progress"
+
+
+class AccountNotFound(LedgerError):
+    """No account has this id."""
+
+    code = "account_not_found"
+    title = "The account does not exist"
+
+
+class AccountAlreadyExists(LedgerError):
+    """An account with this id was opened before."""
+
+    code = "account_exists"
+    title = "The account already exists"
+
+
+class AccountNotOpen(LedgerError):
+    """The account exists but does not accept movements."""
+
+    code = "account_not_open"
+    title = "The account is not open"
+
+
+class CurrencyMismatch(LedgerError):
+    """The movement's currency differs from the account's."""
+
+    code = "currency_mismatch"
+    title = "The currency does not match the account's"
+
+
+class InsufficientFunds(LedgerError):
+    """The debit would take a no-overdraft account below zero."""
+
+    code = "insufficient_funds"
+    title = "Insufficient funds"
+
+
+class SameAccountTransfer(LedgerError):
+    """A transfer names the same account on both sides."""
+
+    code = "same_account"
+    title = "A transfer needs two different accounts"
+
+
+class WrongRegion(LedgerError):
+    """The account is homed in another region, which must take its writes."""
+
+    code = "wrong_region"
+    title = "The account is written in another region"
+
+
+class TransactionNotFound(LedgerError):
+    """No event carries this transaction id."""
+
+    code = "transaction_not_found"
+    title = "The transaction does not exist"
+
+
+class StoreUnavailable(LedgerError):
+    """DynamoDB kept throttling or conflicting after every retry."""
+
+    code = "store_unavailable"
+    title = "The ledger is busy; retry with the same Idempotency-Key"
+
+
+class DuplicateEvent(LedgerError):
+    """An event with this (entity_id, event_id) is already stored; nothing was written."""
+
+    code = "duplicate_event"
+    title = "The event already exists"
+
+
+class InvalidQuery(LedgerError):
+    """A query-string parameter is unknown or out of range."""
+
+    code = "invalid_query"
+    title = "A query parameter is not valid"

@@ -1,0 +1,87 @@
+"""The events of the ledger: immutable facts, past-tense, each carrying its identity.
+
+An event is keyed by `entity_id` (the account) and `event_id` (a ULID). `amount` is
+always a positive integer of minor units; the event's type gives the direction, and
+`signed_amount` is the one place that turns a type into a sign. A balance is the
+fold of `signed_amount` over an account's events: the projector and the auditor's
+replay both use `fold_balance`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .money import MAX_AMOUNT, MIN_AMOUNT
+
+SCHEMA_VERSION = 1
+
+Amount = Annotated[int, Field(strict=True, ge=MIN_AMOUNT, le=MAX_AMOUNT)]
+TransactionType = Literal["open", "credit", "debit", "transfer"]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    entity_id: str
+    event_id: str
+    transaction_id: str
+    transaction_type: TransactionType
+    currency: str
+    recorded_at: str
+    region: str
+    idempotency_key: str
+    schema_version: int = SCHEMA_VERSION
+    description: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def signed_amount(self) -> int:
+        return 0
+
+
+class AccountOpened(_Event):
+    """An account came into being with its currency and overdraft rule."""
+
+    type: Literal["account.opened"] = "account.opened"
+    allow_overdraft: bool
+
+
+class Credited(_Event):
+    """Money came into the account."""
+
+    type: Literal["account.credited"] = "account.credited"
+    amount: Amount
+    counterparty: str | None = None
+
+    @property
+    def signed_amount(self) -> int:
+        return self.amount
+
+
+class Debited(_Event):
+    """Money left the account."""
+
+    type: Literal["account.debited"] = "account.debited"
+    amount: Amount
+    counterparty: str | None = None
+
+    @property
+    def signed_amount(self) -> int:
+        return -self.amount
+
+
+Event = Annotated[Union[AccountOpened, Credited, Debited], Field(discriminator="type")]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: dict) -> Event:
+    """Build the right event class from its stored or wire form."""
+    return EVENT_ADAPTER.validate_python(data)
+
+
+def fold_balance(events: Iterable[Event]) -> int:
+    """The balance an account's events add up to."""
+    return sum(event.signed_amount for event in events)

@@ -1,0 +1,77 @@
+"""Identifiers: ULIDs for events and transactions, and the rules for client-chosen ids.
+
+An event's sort key is a ULID: 48 bits of milliseconds then 80 bits of randomness,
+written in Crockford base32 so that string order is time order. A time range is
+therefore a key range (`time_range_bounds`). The monotonic provider keeps ids
+strictly increasing within one process even inside one millisecond; plain
+`ulid.new()` would not.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+import ulid
+
+_MONOTONIC = ulid.monotonic
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+ULID_PATTERN = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
+ACCOUNT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+MIN_RANDOMNESS = "0" * 16
+MAX_RANDOMNESS = "Z" * 16
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def new_ulid() -> str:
+    """A new ULID, greater than every ULID this process made before (same clock)."""
+    return _MONOTONIC.new().str
+
+
+def is_ulid(value: str) -> bool:
+    return isinstance(value, str) and ULID_PATTERN.fullmatch(value) is not None
+
+
+def is_account_id(value: str) -> bool:
+    return isinstance(value, str) and ACCOUNT_ID_PATTERN.fullmatch(value) is not None
+
+
+def ulid_time(value: str) -> datetime:
+    """The instant a ULID was minted, to the millisecond."""
+    return ulid.parse(value).timestamp().datetime
+
+
+def _encode_millis(millis: int) -> str:
+    chars = []
+    for _ in range(10):
+        chars.append(_CROCKFORD[millis & 31])
+        millis >>= 5
+    return "".join(reversed(chars))
+
+
+def time_range_bounds(start: datetime | None, end: datetime | None) -> tuple[str, str]:
+    """Inclusive ULID bounds covering every id minted in [start, end]."""
+    low = _encode_millis(_to_millis(start)) + MIN_RANDOMNESS if start else "0" * 26
+    high = _encode_millis(_to_millis(end)) + MAX_RANDOMNESS if end else "7" + "Z" * 25
+    return low, high
+
+
+def _to_millis(moment: datetime) -> int:
+    millis = (moment - _EPOCH) // timedelta(milliseconds=1)
+    return max(0, min(millis, 2**48 - 1))
+
+
+def parse_rfc3339(value: str) -> datetime:
+    """Parse an RFC 3339 timestamp; a time zone is required (no naive local times)."""
+    text = value.strip()
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", text):
+        raise ValueError(f"not an RFC 3339 timestamp with a time zone: {value!r}")
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)  # Python keeps microseconds only
+    moment = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
+    return moment.astimezone(timezone.utc)
+
+
+def format_rfc3339(moment: datetime) -> str:
+    """UTC, millisecond precision, `Z` suffix: the one spelling the ledger writes."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

@@ -1,0 +1,301 @@
+"""The ledger's use cases: open accounts, record movements, read history.
+
+A write is decided in full before anything is sent: event ids, the response the
+caller will get, and the idempotency record that stores that response. Then one
+`TransactWriteItems` commits all of it (`EventStore.commit`). If the key was used
+before, the stored response is replayed (same request) or the call is refused
+(different request). Throttling and transaction conflicts are retried with
+jittered backoff under the same client token, so DynamoDB deduplicates a retry
+of a commit that in fact landed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+from . import errors
+from .accounts import Account
+from .commands import MovementRequest, OpenAccountRequest, TransferRequest, fingerprint
+from .events import AccountOpened, Credited, Debited, Event
+from .ids import format_rfc3339, is_account_id, is_ulid, new_ulid, time_range_bounds, ulid_time
+from .store import BalanceGuard, Commit, Contention, EventStore, IdempotencyRecord, KeyAlreadyUsed
+
+MAX_IDEMPOTENCY_KEY = 255
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+Order = Literal["asc", "desc"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who writes, and the Idempotency-Key they sent; keys are scoped per caller."""
+
+    scope: str
+    idempotency_key: str | None
+
+    def record_id(self) -> str:
+        key = self.idempotency_key
+        if key is None:
+            raise errors.IdempotencyKeyMissing("every write needs an Idempotency-Key header")
+        if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= ch <= "~" for ch in key):
+            raise errors.IdempotencyKeyInvalid(f"the key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
+        return f"{self.scope}#{key}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A write's HTTP-level result, as stored with its idempotency record."""
+
+    status_code: int
+    body: str
+    headers: dict[str, str]
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    events: list[Event]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for throttling and conflicts: full jitter, capped."""
+
+    attempts: int = 6
+    base_seconds: float = 0.02
+    cap_seconds: float = 0.5
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2**attempt))
+
+
+def _json(data: object) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _event_json(event: Event) -> dict:
+    return event.model_dump(mode="json", exclude_none=True)
+
+
+class Ledger:
+    """Use cases over one region's event store."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        region: str,
+        *,
+        idempotency_ttl: timedelta = timedelta(hours=24),
+        retry: RetryPolicy = RetryPolicy(),
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._store = store
+        self._region = region
+        self._ttl = idempotency_ttl
+        self._retry = retry
+        self._clock = clock
+        self._sleep = sleep
+
+    # -- writes -----------------------------------------------------------------
+
+    def open_account(self, caller: Caller, request: OpenAccountRequest) -> Outcome:
+        record_id = caller.record_id()
+        event_id = new_ulid()
+        opened_at = format_rfc3339(ulid_time(event_id))
+        event = AccountOpened(
+            entity_id=request.account_id,
+            event_id=event_id,
+            transaction_id=event_id,
+            transaction_type="open",
+            currency=request.currency,
+            allow_overdraft=request.allow_overdraft,
+            recorded_at=opened_at,
+            region=self._region,
+            idempotency_key=caller.idempotency_key or "",
+            metadata=request.metadata,
+        )
+        account = Account(
+            account_id=request.account_id,
+            currency=request.currency,
+            allow_overdraft=request.allow_overdraft,
+            metadata=request.metadata,
+            home_region=self._region,
+            opened_at=opened_at,
+            opened_event_id=event_id,
+        )
+        body = _json(account.public())
+        headers = {"Location": f"/accounts/{request.account_id}"}
+        commit = Commit(events=(event,), new_account=account)
+        return self._record(record_id, fingerprint("open_account", None, request), commit, body, headers)
+
+    def credit(self, caller: Caller, account_id: str, request: MovementRequest) -> Outcome:
+        return self._movement(caller, "credit", account_id, request)
+
+    def debit(self, caller: Caller, account_id: str, request: MovementRequest) -> Outcome:
+        return self._movement(caller, "debit", account_id, request)
+
+    def _movement(self, caller: Caller, kind: Literal["credit", "debit"], account_id: str, request: MovementRequest) -> Outcome:
+        _check_account_id(account_id)
+        record_id = caller.record_id()
+        transaction_id = new_ulid()
+        event_class = Credited if kind == "credit" else Debited
+        event = event_class(**self._leg(caller, transaction_id, kind, account_id, request))
+        return self._record_transaction(record_id, fingerprint(kind, account_id, request), transaction_id, kind, (event,))
+
+    def transfer(self, caller: Caller, request: TransferRequest) -> Outcome:
+        record_id = caller.record_id()
+        if request.from_account == request.to_account:
+            raise errors.SameAccountTransfer("from_account and to_account must differ")
+        transaction_id = new_ulid()
+        debit = Debited(
+            **self._leg(caller, transaction_id, "transfer", request.from_account, request),
+            counterparty=request.to_account,
+        )
+        credit = Credited(
+            **self._leg(caller, transaction_id, "transfer", request.to_account, request),
+            counterparty=request.from_account,
+        )
+        fp = fingerprint("transfer", None, request)
+        return self._record_transaction(record_id, fp, transaction_id, "transfer", (debit, credit))
+
+    def _leg(self, caller: Caller, transaction_id: str, kind: str, account_id: str, request) -> dict:
+        event_id = new_ulid()
+        return {
+            "entity_id": account_id,
+            "event_id": event_id,
+            "transaction_id": transaction_id,
+            "transaction_type": kind,
+            "amount": request.amount,
+            "currency": request.currency,
+            "recorded_at": format_rfc3339(ulid_time(event_id)),
+            "region": self._region,
+            "idempotency_key": caller.idempotency_key or "",
+            "description": request.description,
+            "metadata": request.metadata,
+        }
+
+    def _record_transaction(
+        self, record_id: str, fp: str, transaction_id: str, kind: str, events: tuple[Event, ...]
+    ) -> Outcome:
+        guards = tuple(BalanceGuard(e.entity_id, e.currency, e.signed_amount) for e in events)
+        body = _json({"transaction_id": transaction_id, "type": kind, "events": [_event_json(e) for e in events]})
+        headers = {"Location": f"/transactions/{transaction_id}"}
+        return self._record(record_id, fp, Commit(events=events, guards=guards), body, headers)
+
+    def _record(self, record_id: str, fp: str, commit: Commit, body: str, headers: dict[str, str]) -> Outcome:
+        now = self._clock()
+        record = IdempotencyRecord(
+            idempotency_id=record_id,
+            request_hash=fp,
+            status_code=201,
+            body=body,
+            headers=headers,
+            recorded_at=format_rfc3339(now),
+            expires_at=int((now + self._ttl).timestamp()),
+        )
+        commit = Commit(
+            events=commit.events,
+            idempotency=record,
+            new_account=commit.new_account,
+            guards=commit.guards,
+            now_epoch=int(now.timestamp()),
+            token=commit.events[0].event_id,
+        )
+        contention: Contention | None = None
+        for attempt in range(self._retry.attempts):
+            if attempt:
+                self._sleep(self._retry.delay(attempt))
+            try:
+                self._store.commit(commit)
+                return Outcome(record.status_code, body, headers)
+            except KeyAlreadyUsed as used:
+                existing = used.record or self._store.get_idempotency_record(record_id)
+                if existing is None:  # expired and deleted in between: record afresh
+                    continue
+                if existing.request_hash != fp:
+                    raise errors.IdempotencyKeyReused(
+                        "this Idempotency-Key was used for a different request; use a new key"
+                    ) from used
+                return Outcome(existing.status_code, existing.body, existing.headers, replayed=True)
+            except Contention as busy:
+                contention = busy
+        if contention is not None and contention.on_idempotency_record:
+            raise errors.IdempotencyInFlight("a request with this Idempotency-Key is in progress; retry shortly")
+        raise errors.StoreUnavailable("the ledger is busy; retry with the same Idempotency-Key")
+
+    # -- reads ------------------------------------------------------------------
+
+    def get_account(self, account_id: str) -> Account:
+        _check_account_id(account_id)
+        account = self._store.get_account(account_id)
+        if account is None:
+            raise errors.AccountNotFound(f"account {account_id!r} does not exist", account_id=account_id)
+        return account
+
+    def transaction(self, transaction_id: str) -> list[Event]:
+        if not is_ulid(transaction_id):
+            raise errors.InvalidIdentifier("a transaction id is a 26-character ULID")
+        events = self._store.transaction_events(transaction_id)
+        if not events:
+            raise errors.TransactionNotFound(f"no transaction {transaction_id}", transaction_id=transaction_id)
+        return events
+
+    def history(
+        self,
+        account_id: str,
+        *,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        order: Order = "asc",
+    ) -> HistoryPage:
+        """One page of the account's events in ULID (= record time) order."""
+        _check_account_id(account_id)
+        if not 1 <= limit <= MAX_PAGE:
+            raise errors.InvalidQuery(f"limit must be between 1 and {MAX_PAGE}")
+        if start and end and start > end:
+            raise errors.InvalidQuery("from must not be after to")
+        low, high = time_range_bounds(start, end)
+        after = _read_cursor(cursor, account_id, order, low, high) if cursor else None
+        events, more = self._store.account_events(
+            account_id, low, high, ascending=order == "asc", limit=limit, after=after
+        )
+        if not events and after is None:
+            self.get_account(account_id)  # an empty page of an unknown account is a 404
+        next_cursor = _write_cursor(account_id, order, low, high, events[-1].event_id) if more else None
+        return HistoryPage(events, next_cursor)
+
+
+def _check_account_id(account_id: str) -> None:
+    if not is_account_id(account_id):
+        raise errors.InvalidIdentifier("an account id is 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+
+
+def _write_cursor(account_id: str, order: str, low: str, high: str, last: str) -> str:
+    raw = _json({"a": account_id, "o": order, "l": low, "h": high, "e": last}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str, account_id: str, order: str, low: str, high: str) -> str:
+    """The event id a cursor resumes after; refuses a cursor of another query."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        last = data["e"]
+        same_query = (data["a"], data["o"], data["l"], data["h"]) == (account_id, order, low, high)
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise errors.InvalidCursor("the cursor is not one this service issued") from exc
+    if not same_query or not is_ulid(last) or not low <= last <= high:
+        raise errors.InvalidCursor("the cursor belongs to another query; repeat the same account, order and range")
+    return last

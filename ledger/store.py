@@ -1,0 +1,390 @@
+"""The event store: the only module of `ledger` that talks to DynamoDB.
+
+Every write is one `TransactWriteItems` and every item in it carries a condition:
+the idempotency record must be new (or expired), each event must be new, a new
+account must be new, and each touched account must exist, be open, be in the
+movement's currency, be homed in this region and, unless it allows overdraft, hold
+enough `available` for a debit. The `ADD` on `available` runs inside the same
+transaction, so concurrent debits serialise on the account item and cannot race
+past the guard.
+
+When DynamoDB cancels a transaction it says, item by item, why; `_explain` turns
+that into one domain error. `ReturnValuesOnConditionCheckFailure=ALL_OLD` hands
+back the item that failed, so an existing idempotency record or the reason an
+account refused costs no second read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from . import errors
+from .accounts import Account
+from .events import Event, parse_event
+from .schema import IDEMPOTENCY_TTL_ATTRIBUTE, TIME_BUCKET_SHARDS, TRANSACTION_INDEX, LedgerTables
+
+_SERIALIZER = TypeSerializer()
+_DESERIALIZER = TypeDeserializer()
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CONTENTION_CODES = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
+)
+_INDEX_ATTRIBUTES = ("time_bucket",)
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """A recorded response, keyed by caller scope and Idempotency-Key."""
+
+    idempotency_id: str
+    request_hash: str
+    status_code: int
+    body: str
+    headers: dict[str, str]
+    recorded_at: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class BalanceGuard:
+    """One account a commit touches, and by how much (negative for a debit)."""
+
+    account_id: str
+    currency: str
+    delta: int
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Everything one request writes; all of it lands or none of it does."""
+
+    events: tuple[Event, ...]
+    idempotency: IdempotencyRecord | None = None
+    new_account: Account | None = None
+    guards: tuple[BalanceGuard, ...] = ()
+    now_epoch: int = 0
+    token: str | None = None
+
+
+class KeyAlreadyUsed(Exception):
+    """The commit's idempotency record exists already; `record` is it (None if unreadable)."""
+
+    def __init__(self, record: IdempotencyRecord | None) -> None:
+        super().__init__("idempotency record exists")
+        self.record = record
+
+
+class Contention(Exception):
+    """DynamoDB refused for throttling or a concurrent transaction; retrying may succeed."""
+
+    def __init__(self, on_idempotency_record: bool) -> None:
+        super().__init__("transaction conflict or throttling")
+        self.on_idempotency_record = on_idempotency_record
+
+
+@dataclass
+class _Explainer:
+    """Turns a failed condition on one item of a transaction into an exception."""
+
+    on_condition_failed: Callable[[dict[str, Any] | None], Exception]
+    is_idempotency_record: bool = False
+
+
+@dataclass
+class _Plan:
+    items: list[dict[str, Any]] = field(default_factory=list)
+    explainers: list[_Explainer] = field(default_factory=list)
+
+    def add(self, item: dict[str, Any], explainer: _Explainer) -> None:
+        self.items.append(item)
+        self.explainers.append(explainer)
+
+
+def serialize(data: dict[str, Any]) -> dict[str, Any]:
+    return {key: _SERIALIZER.serialize(value) for key, value in data.items() if value is not None}
+
+
+def deserialize(item: dict[str, Any]) -> dict[str, Any]:
+    return {key: _plain(_DESERIALIZER.deserialize(value)) for key, value in item.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else value
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, set)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def time_bucket(event: Event) -> str:
+    """`YYYY-MM-DD#NN`: the day the event was recorded and a shard from its id."""
+    shard = _CROCKFORD.index(event.event_id[-1]) % TIME_BUCKET_SHARDS
+    return f"{event.recorded_at[:10]}#{shard:02d}"
+
+
+def event_item(event: Event) -> dict[str, Any]:
+    """The stored form of an event: its fields plus the index attributes."""
+    return serialize({**event.model_dump(exclude_none=True), "time_bucket": time_bucket(event)})
+
+
+def event_from_item(item: dict[str, Any]) -> Event:
+    data = deserialize(item)
+    for name in _INDEX_ATTRIBUTES:
+        data.pop(name, None)
+    return parse_event(data)
+
+
+def _record_from_item(item: dict[str, Any]) -> IdempotencyRecord:
+    data = deserialize(item)
+    return IdempotencyRecord(
+        idempotency_id=data["idempotency_id"],
+        request_hash=data["request_hash"],
+        status_code=int(data["status_code"]),
+        body=data["body"],
+        headers=dict(data.get("headers", {})),
+        recorded_at=data["recorded_at"],
+        expires_at=int(data[IDEMPOTENCY_TTL_ATTRIBUTE]),
+    )
+
+
+class EventStore:
+    """Append events with their guards and idempotency record; read them back."""
+
+    def __init__(self, client: Any, tables: LedgerTables, region: str) -> None:
+        self._client = client
+        self._tables = tables
+        self._region = region
+
+    # -- writes -----------------------------------------------------------------
+
+    def commit(self, commit: Commit) -> None:
+        """Write the commit atomically, or raise the reason it was refused."""
+        plan = self._plan(commit)
+        request: dict[str, Any] = {"TransactItems": plan.items}
+        if commit.token:
+            request["ClientRequestToken"] = commit.token
+        try:
+            self._client.transact_write_items(**request)
+        except ClientError as exc:
+            raise self._explain(exc, plan) from exc
+
+    def _plan(self, commit: Commit) -> _Plan:
+        plan = _Plan()
+        if commit.idempotency is not None:
+            plan.add(self._put_idempotency(commit.idempotency, commit.now_epoch), _Explainer(self._key_used, True))
+        if commit.new_account is not None:
+            account = commit.new_account
+            plan.add(
+                self._put_new(self._tables.accounts, account.model_dump(), "account_id"),
+                _Explainer(lambda _old, a=account: errors.AccountAlreadyExists(f"account {a.account_id!r} exists")),
+            )
+        for event in commit.events:
+            plan.add(
+                {
+                    "Put": {
+                        "TableName": self._tables.events,
+                        "Item": event_item(event),
+                        "ConditionExpression": "attribute_not_exists(event_id)",
+                    }
+                },
+                _Explainer(
+                    lambda _old, e=event: errors.DuplicateEvent(
+                        f"event {e.event_id} of {e.entity_id!r} exists", entity_id=e.entity_id, event_id=e.event_id
+                    )
+                ),
+            )
+        for guard in commit.guards:
+            plan.add(self._update_guard(guard), _Explainer(lambda old, g=guard: self._guard_refused(g, old)))
+        return plan
+
+    def _put_new(self, table: str, data: dict[str, Any], key: str) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": table,
+                "Item": serialize(data),
+                "ConditionExpression": "attribute_not_exists(#key)",
+                "ExpressionAttributeNames": {"#key": key},
+            }
+        }
+
+    def _put_idempotency(self, record: IdempotencyRecord, now_epoch: int) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self._tables.idempotency,
+                "Item": serialize(
+                    {
+                        "idempotency_id": record.idempotency_id,
+                        "request_hash": record.request_hash,
+                        "status_code": record.status_code,
+                        "body": record.body,
+                        "headers": record.headers,
+                        "recorded_at": record.recorded_at,
+                        IDEMPOTENCY_TTL_ATTRIBUTE: record.expires_at,
+                    }
+                ),
+                # An expired record may linger until TTL deletes it; it no longer binds the key.
+                "ConditionExpression": "attribute_not_exists(idempotency_id) OR #expires < :now",
+                "ExpressionAttributeNames": {"#expires": IDEMPOTENCY_TTL_ATTRIBUTE},
+                "ExpressionAttributeValues": {":now": {"N": str(now_epoch)}},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
+    def _update_guard(self, guard: BalanceGuard) -> dict[str, Any]:
+        condition = (
+            "attribute_exists(account_id) AND #status = :open AND currency = :currency AND home_region = :region"
+        )
+        values: dict[str, Any] = {
+            ":delta": {"N": str(guard.delta)},
+            ":open": {"S": "open"},
+            ":currency": {"S": guard.currency},
+            ":region": {"S": self._region},
+        }
+        if guard.delta < 0:
+            condition += " AND (allow_overdraft = :true OR available >= :needed)"
+            values[":true"] = {"BOOL": True}
+            values[":needed"] = {"N": str(-guard.delta)}
+        return {
+            "Update": {
+                "TableName": self._tables.accounts,
+                "Key": {"account_id": {"S": guard.account_id}},
+                "UpdateExpression": "ADD available :delta",
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": values,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
+    def _key_used(self, old: dict[str, Any] | None) -> Exception:
+        return KeyAlreadyUsed(_record_from_item(old) if old else None)
+
+    def _guard_refused(self, guard: BalanceGuard, old: dict[str, Any] | None) -> Exception:
+        account = Account.model_validate(deserialize(old)) if old else self.get_account(guard.account_id)
+        name = guard.account_id
+        if account is None:
+            return errors.AccountNotFound(f"account {name!r} does not exist", account_id=name)
+        if account.status != "open":
+            return errors.AccountNotOpen(f"account {name!r} is {account.status}", account_id=name)
+        if account.currency != guard.currency:
+            return errors.CurrencyMismatch(
+                f"account {name!r} holds {account.currency}, not {guard.currency}",
+                account_id=name,
+                account_currency=account.currency,
+            )
+        if account.home_region != self._region:
+            return errors.WrongRegion(
+                f"account {name!r} is written in {account.home_region}, not {self._region}",
+                account_id=name,
+                home_region=account.home_region,
+            )
+        return errors.InsufficientFunds(
+            f"account {name!r} does not allow overdraft and holds too little for {-guard.delta}",
+            account_id=name,
+        )
+
+    def _explain(self, exc: ClientError, plan: _Plan) -> Exception:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("TransactionInProgressException", "ThrottlingException", "ProvisionedThroughputExceededException"):
+            return Contention(on_idempotency_record=False)
+        if code != "TransactionCanceledException":
+            return exc
+        reasons = exc.response.get("CancellationReasons") or []
+        failed = [
+            (explainer, reason)
+            for explainer, reason in zip(plan.explainers, reasons)
+            if reason.get("Code") == "ConditionalCheckFailed"
+        ]
+        # The idempotency record outranks every other refusal: a retry must replay.
+        failed.sort(key=lambda pair: not pair[0].is_idempotency_record)
+        if failed:
+            explainer, reason = failed[0]
+            return explainer.on_condition_failed(reason.get("Item"))
+        contended = [
+            explainer
+            for explainer, reason in zip(plan.explainers, reasons)
+            if reason.get("Code") in _CONTENTION_CODES
+        ]
+        if contended or not reasons:
+            return Contention(on_idempotency_record=any(e.is_idempotency_record for e in contended))
+        return exc
+
+    # -- reads ------------------------------------------------------------------
+
+    def get_idempotency_record(self, idempotency_id: str) -> IdempotencyRecord | None:
+        response = self._client.get_item(
+            TableName=self._tables.idempotency,
+            Key={"idempotency_id": {"S": idempotency_id}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return _record_from_item(item) if item else None
+
+    def get_account(self, account_id: str) -> Account | None:
+        response = self._client.get_item(
+            TableName=self._tables.accounts, Key={"account_id": {"S": account_id}}, ConsistentRead=True
+        )
+        item = response.get("Item")
+        return Account.model_validate(deserialize(item)) if item else None
+
+    def account_events(
+        self,
+        account_id: str,
+        low: str,
+        high: str,
+        *,
+        ascending: bool = True,
+        limit: int = 100,
+        after: str | None = None,
+    ) -> tuple[list[Event], bool]:
+        """Up to `limit` events of the account with ids in [low, high], after `after`; and whether more remain."""
+        request: dict[str, Any] = {
+            "TableName": self._tables.events,
+            "KeyConditionExpression": "entity_id = :account AND event_id BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {
+                ":account": {"S": account_id},
+                ":low": {"S": low},
+                ":high": {"S": high},
+            },
+            "ScanIndexForward": ascending,
+            "ConsistentRead": True,
+        }
+        if after:
+            request["ExclusiveStartKey"] = {"entity_id": {"S": account_id}, "event_id": {"S": after}}
+        found: list[Event] = []
+        for item in self._query(request, want=limit + 1):
+            found.append(event_from_item(item))
+        return found[:limit], len(found) > limit
+
+    def transaction_events(self, transaction_id: str) -> list[Event]:
+        """Every leg of a transaction, in event id order (through the transaction index)."""
+        request = {
+            "TableName": self._tables.events,
+            "IndexName": TRANSACTION_INDEX,
+            "KeyConditionExpression": "transaction_id = :transaction",
+            "ExpressionAttributeValues": {":transaction": {"S": transaction_id}},
+        }
+        return [event_from_item(item) for item in self._query(request)]
+
+    def _query(self, request: dict[str, Any], want: int | None = None) -> Iterator[dict[str, Any]]:
+        request = dict(request)
+        seen = 0
+        while True:
+            if want is not None:
+                request["Limit"] = want - seen
+            page = self._client.query(**request)
+            for item in page.get("Items", []):
+                seen += 1
+                yield item
+            last = page.get("LastEvaluatedKey")
+            if not last or (want is not None and seen >= want):
+                return
+            request["ExclusiveStartKey"] = last

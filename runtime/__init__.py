@@ -1,0 +1,1 @@
+"""The local runtime: embedded DynamoDB, table bootstrap, stream poller and the `ledger` command."""
