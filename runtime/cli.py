@@ -1,0 +1,91 @@
+"""The `ledger` command: run the service locally and operate on any deployment.
+
+Every subcommand takes the same endpoint options (`--endpoint-url`, `--stage`,
+`--region`, or LEDGER_ENDPOINT_URL / LEDGER_STAGE / LEDGER_REGION), so the same
+command works against the embedded DynamoDB, another local one, or AWS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from ledger.config import Settings, dynamodb_client
+
+DEFAULT_PORT = 8000
+DEFAULT_DATA_DIR = ".ledger-data"
+
+
+def _endpoint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint-url", help="DynamoDB endpoint (default: LEDGER_ENDPOINT_URL, else AWS)")
+    parser.add_argument("--stage", help="table name prefix (default: LEDGER_STAGE, else dev)")
+    parser.add_argument("--region", help="AWS region this process writes for (default: LEDGER_REGION/AWS_REGION)")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    overrides = {k: v for k, v in (("endpoint_url", args.endpoint_url), ("stage", args.stage), ("region", args.region)) if v}
+    return replace(settings, **overrides) if overrides else settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ledger", description="dynamo-ledger: an event-sourced ledger on DynamoDB")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API locally (with an embedded DynamoDB unless told otherwise)")
+    _endpoint_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
+        help=f"where the embedded DynamoDB keeps its data (default ./{DEFAULT_DATA_DIR})",
+    )
+    serve.add_argument("--dynamodb-port", type=int, help="port of the embedded DynamoDB (default: a free one)")
+    serve.set_defaults(handler=_serve)
+
+    tables = commands.add_parser("tables", help="manage the service's tables")
+    table_commands = tables.add_subparsers(dest="tables_command", required=True)
+    create = table_commands.add_parser("create", help="create any missing table")
+    _endpoint_options(create)
+    create.set_defaults(handler=_create_tables)
+    return parser
+
+
+def _create_tables(args: argparse.Namespace) -> int:
+    from .tables import ensure_tables
+
+    settings = settings_from(args)
+    created = ensure_tables(dynamodb_client(settings), settings)
+    print(f"created: {', '.join(created)}" if created else "all tables exist")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(settings_from(args), host=args.host, port=args.port, data_dir=args.data_dir, dynamodb_port=args.dynamodb_port)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM ends the process as Ctrl-C does, so every `finally` runs and no child is left."""
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
