@@ -23,6 +23,9 @@ from ledger.config import Settings
 from ledger.events import Event
 from ledger.ids import parse_rfc3339
 from ledger.service import DEFAULT_PAGE, Ledger, Outcome
+from projections.bootstrap import build_balance_store
+from projections.queries import BalanceQueries
+from projections.store import BalanceStore
 
 from .problems import problem_for, problem_from_chalice
 from .requests import caller, parse_body, query_params
@@ -31,12 +34,14 @@ app = Chalice(app_name="dynamo-ledger")
 logger = Logger(service="ledger-api")
 
 _ledger: Ledger | None = None
+_balances: BalanceQueries | None = None
 
 
-def use_ledger(ledger: Ledger | None) -> None:
-    """Serve with this `Ledger` (None: build one from the environment on next use)."""
-    global _ledger
+def use_ledger(ledger: Ledger | None, balances: BalanceStore | None = None) -> None:
+    """Serve with this `Ledger` and balance store (None: build from the environment on next use)."""
+    global _ledger, _balances
     _ledger = ledger
+    _balances = BalanceQueries(balances, ledger) if ledger is not None and balances is not None else None
 
 
 def current_ledger() -> Ledger:
@@ -44,6 +49,13 @@ def current_ledger() -> Ledger:
     if _ledger is None:
         _ledger = build_ledger(Settings.from_env())
     return _ledger
+
+
+def current_balances() -> BalanceQueries:
+    global _balances
+    if _balances is None:
+        _balances = BalanceQueries(build_balance_store(Settings.from_env()), current_ledger())
+    return _balances
 
 
 @app.middleware("http")
@@ -102,6 +114,15 @@ def open_account() -> Response:
 @route("/accounts/{account_id}", methods=["GET"])
 def get_account(account_id: str) -> Response:
     return _json(200, current_ledger().get_account(account_id).public())
+
+
+@route("/accounts/{account_id}/balance", methods=["GET"])
+def get_balance(account_id: str) -> Response:
+    params = query_params(app.current_request, {"consistency"})
+    consistency = params.get("consistency", "eventual")
+    if consistency not in ("eventual", "strong"):
+        raise errors.InvalidQuery("consistency is eventual (the projected view) or strong (a fold of the log)")
+    return _json(200, current_balances().balance(account_id, consistency).to_json())  # type: ignore[arg-type]
 
 
 @route("/accounts/{account_id}/credits", methods=["POST"])

@@ -16,7 +16,7 @@ import binascii
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
@@ -145,7 +145,7 @@ class Ledger:
         return self._movement(caller, "debit", account_id, request)
 
     def _movement(self, caller: Caller, kind: Literal["credit", "debit"], account_id: str, request: MovementRequest) -> Outcome:
-        _check_account_id(account_id)
+        check_account_id(account_id)
         record_id = caller.record_id()
         transaction_id = new_ulid()
         event_class = Credited if kind == "credit" else Debited
@@ -236,11 +236,27 @@ class Ledger:
     # -- reads ------------------------------------------------------------------
 
     def get_account(self, account_id: str) -> Account:
-        _check_account_id(account_id)
+        check_account_id(account_id)
         account = self._store.get_account(account_id)
         if account is None:
             raise errors.AccountNotFound(f"account {account_id!r} does not exist", account_id=account_id)
         return account
+
+    def account_ids(self) -> Iterator[str]:
+        """Every account id (a scan of the accounts table: for operators, not request paths)."""
+        return self._store.account_ids()
+
+    def full_history(self, account_id: str, *, page_size: int = MAX_PAGE) -> Iterator[Event]:
+        """Every event of the account in ULID order, read consistently, page by page."""
+        check_account_id(account_id)
+        low, high = time_range_bounds(None, None)
+        after: str | None = None
+        while True:
+            events, more = self._store.account_events(account_id, low, high, limit=page_size, after=after)
+            yield from events
+            if not more:
+                return
+            after = events[-1].event_id
 
     def transaction(self, transaction_id: str) -> list[Event]:
         if not is_ulid(transaction_id):
@@ -261,7 +277,7 @@ class Ledger:
         order: Order = "asc",
     ) -> HistoryPage:
         """One page of the account's events in ULID (= record time) order."""
-        _check_account_id(account_id)
+        check_account_id(account_id)
         if not 1 <= limit <= MAX_PAGE:
             raise errors.InvalidQuery(f"limit must be between 1 and {MAX_PAGE}")
         if start and end and start > end:
@@ -277,7 +293,8 @@ class Ledger:
         return HistoryPage(events, next_cursor)
 
 
-def _check_account_id(account_id: str) -> None:
+def check_account_id(account_id: str) -> None:
+    """Refuse an account id that is not of the allowed form (before any read uses it)."""
     if not is_account_id(account_id):
         raise errors.InvalidIdentifier("an account id is 1 to 64 characters of A-Z a-z 0-9 . _ : -")
 

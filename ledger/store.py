@@ -131,8 +131,15 @@ def time_bucket(event: Event) -> str:
 
 
 def event_item(event: Event) -> dict[str, Any]:
-    """The stored form of an event: its fields plus the index attributes."""
-    return serialize({**event.model_dump(exclude_none=True), "time_bucket": time_bucket(event)})
+    """The stored form of an event: its fields plus the index attributes.
+
+    Empty metadata is left out (the model defaults it): DynamoDB Local renders an
+    empty map in stream images as `{}` without its type, which no decoder reads.
+    """
+    data = event.model_dump(exclude_none=True)
+    if not data.get("metadata"):
+        data.pop("metadata", None)
+    return serialize({**data, "time_bucket": time_bucket(event)})
 
 
 def event_from_item(item: dict[str, Any]) -> Event:
@@ -334,6 +341,16 @@ class EventStore:
         )
         item = response.get("Item")
         return Account.model_validate(deserialize(item)) if item else None
+
+    def account_ids(self) -> Iterator[str]:
+        request: dict[str, Any] = {"TableName": self._tables.accounts, "ProjectionExpression": "account_id"}
+        while True:
+            page = self._client.scan(**request)
+            for item in page.get("Items", []):
+                yield item["account_id"]["S"]
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def account_events(
         self,

@@ -55,7 +55,53 @@ def build_parser() -> argparse.ArgumentParser:
     create = table_commands.add_parser("create", help="create any missing table")
     _endpoint_options(create)
     create.set_defaults(handler=_create_tables)
+
+    views = commands.add_parser("projections", help="check or rebuild the balances from the event log")
+    view_commands = views.add_subparsers(dest="projections_command", required=True)
+    verify = view_commands.add_parser("verify", help="report every account whose balance differs from its log")
+    _endpoint_options(verify)
+    verify.add_argument("--account", action="append", help="only this account (repeatable)")
+    verify.set_defaults(handler=_verify)
+    rebuild = view_commands.add_parser("rebuild", help="set every differing balance to the fold of its log")
+    _endpoint_options(rebuild)
+    rebuild.add_argument("--account", action="append", help="only this account (repeatable)")
+    rebuild.set_defaults(handler=_rebuild)
     return parser
+
+
+def _read_side(args: argparse.Namespace):
+    from ledger.bootstrap import build_ledger
+    from projections.bootstrap import build_balance_store
+
+    settings = settings_from(args)
+    client = dynamodb_client(settings)
+    return build_ledger(settings, client), build_balance_store(settings, client)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from projections.verify import verify
+
+    from .progress import ProgressBar
+
+    ledger, store = _read_side(args)
+    drifts = verify(ledger, store, accounts=args.account, progress=ProgressBar("verify"))
+    for drift in drifts:
+        print(f"DRIFT {drift.describe()}")
+    print(f"{len(drifts)} account(s) differ from their log" if drifts else "every balance equals the fold of its log")
+    return 1 if drifts else 0
+
+
+def _rebuild(args: argparse.Namespace) -> int:
+    from projections.verify import rebuild
+
+    from .progress import ProgressBar
+
+    ledger, store = _read_side(args)
+    report = rebuild(ledger, store, accounts=args.account, progress=ProgressBar("rebuild"))
+    for account_id in report.repaired:
+        print(f"rebuilt {account_id}")
+    print(f"checked {report.checked} account(s), rebuilt {len(report.repaired)}")
+    return 0
 
 
 def _create_tables(args: argparse.Namespace) -> int:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledger import schema as ledger_schema
 from ledger.config import Settings
-from ledger.schema import table_definitions, time_to_live
+from projections import schema as projection_schema
 
 
 def all_definitions(settings: Settings) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Every table the service needs, with the TTL attribute of those that have one."""
-    return table_definitions(settings.tables), time_to_live(settings.tables)
+    views = projection_schema.ProjectionTables.for_stage(settings.stage)
+    definitions = ledger_schema.table_definitions(settings.tables) + projection_schema.table_definitions(views)
+    ttl = {**ledger_schema.time_to_live(settings.tables), **projection_schema.time_to_live(views)}
+    return definitions, ttl
 
 
 def ensure_tables(client: Any, settings: Settings) -> list[str]:

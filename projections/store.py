@@ -1,0 +1,237 @@
+"""The view store: the only module of `projections` that talks to DynamoDB.
+
+`apply` commits one account's events in one transaction: each window's seen-set
+must not hold any of the events (`NOT contains`), gets them added, and the balance
+item gets one `ADD` of their summed change. If any event was applied before, the
+whole transaction is cancelled and `AlreadyApplied` tells the projector to go one
+event at a time. The dedupe record and the balance change therefore always commit
+together, whatever crashes in between.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ledger.events import Event
+from ledger.ids import format_rfc3339
+from ledger.store import deserialize
+
+from .balances import BalanceChange
+from .schema import MARKER_TTL_SECONDS, TTL_ATTRIBUTE, ProjectionTables, balance_key, seen_key
+
+_CONTENTION_CODES = frozenset(
+    {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
+)
+# Balance item attributes, named through placeholders so no reserved word can bite.
+_NAMES = {f"#{name}": name for name in ("balance", "credits", "debits", "event_count", "version", "currency")}
+
+
+class AlreadyApplied(Exception):
+    """At least one of the events is in a seen-set already; nothing was written."""
+
+
+class Contention(Exception):
+    """Throttling or a concurrent transaction; nothing was written, a retry may succeed."""
+
+
+class ViewChanged(Exception):
+    """The balance item changed since it was read (the projector moved on); nothing was written."""
+
+
+@dataclass(frozen=True)
+class Balance:
+    """One account's view, as read."""
+
+    account_id: str
+    currency: str
+    balance: int
+    credits: int
+    debits: int
+    event_count: int
+    as_of_event_id: str | None
+    as_of_recorded_at: str | None
+    updated_at: str | None
+    version: int
+
+    def matches(self, change: BalanceChange | None) -> bool:
+        """True when the view holds exactly the figures of `change` (None: no events)."""
+        if change is None:
+            return (self.balance, self.credits, self.debits, self.event_count) == (0, 0, 0, 0)
+        return (self.balance, self.credits, self.debits, self.event_count) == (
+            change.balance,
+            change.credits,
+            change.debits,
+            change.event_count,
+        )
+
+
+def _balance_from_item(item: dict[str, Any]) -> Balance:
+    data = deserialize(item)
+    return Balance(
+        account_id=data["account_id"],
+        currency=data["currency"],
+        balance=int(data.get("balance", 0)),
+        credits=int(data.get("credits", 0)),
+        debits=int(data.get("debits", 0)),
+        event_count=int(data.get("event_count", 0)),
+        as_of_event_id=data.get("as_of_event_id"),
+        as_of_recorded_at=data.get("as_of_recorded_at"),
+        updated_at=data.get("updated_at"),
+        version=int(data.get("version", 0)),
+    )
+
+
+class BalanceStore:
+    """Apply events to balances exactly once; read balances back."""
+
+    def __init__(self, client: Any, tables: ProjectionTables, clock: Callable[[], float] = time.time) -> None:
+        self._client = client
+        self._tables = tables
+        self._clock = clock
+
+    # -- writes -----------------------------------------------------------------
+
+    def apply(self, events: Sequence[Event]) -> None:
+        """Apply events of ONE account, distinct by id, atomically; raise AlreadyApplied if any was."""
+        change = BalanceChange.of(events)
+        items = self._seen_updates(events, guarded=True)
+        items.append(self._add_change(change))
+        self._transact(items)
+
+    def replace(self, account_id: str, change: BalanceChange | None, currency: str, read_version: int | None, recent: Sequence[Event]) -> None:
+        """Set the view to `change` if it is still at `read_version`, marking `recent` events as seen.
+
+        Used by rebuild: the marks make the projector skip those events if their stream
+        records are still to come. Marks that do not fit in the final transaction go
+        first, each batch guarded by the same version check.
+        """
+        marks = self._seen_updates(recent, guarded=False)
+        guard = self._version_guard(account_id, read_version)
+        while len(marks) > 98:
+            chunk, marks = marks[:98], marks[98:]
+            self._transact([*chunk, {"ConditionCheck": guard}], on_condition=ViewChanged)
+        now = self._clock()
+        item = {
+            "pk": {"S": balance_key(account_id)},
+            "account_id": {"S": account_id},
+            "currency": {"S": change.currency if change else currency},
+            "balance": {"N": str(change.balance if change else 0)},
+            "credits": {"N": str(change.credits if change else 0)},
+            "debits": {"N": str(change.debits if change else 0)},
+            "event_count": {"N": str(change.event_count if change else 0)},
+            "version": {"N": str((read_version or 0) + 1)},
+            "updated_at": {"S": format_rfc3339_epoch(now)},
+        }
+        if change:
+            item["as_of_event_id"] = {"S": change.newest_event_id}
+            item["as_of_recorded_at"] = {"S": change.newest_recorded_at}
+        put = {"TableName": self._tables.balances, "Item": item, **_without_key(guard)}
+        self._transact([*marks, {"Put": put}], on_condition=ViewChanged)
+
+    def _version_guard(self, account_id: str, read_version: int | None) -> dict[str, Any]:
+        guard: dict[str, Any] = {"TableName": self._tables.balances, "Key": {"pk": {"S": balance_key(account_id)}}}
+        if read_version is None:
+            guard["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            guard["ConditionExpression"] = "#version = :read_version"
+            guard["ExpressionAttributeNames"] = {"#version": "version"}
+            guard["ExpressionAttributeValues"] = {":read_version": {"N": str(read_version)}}
+        return guard
+
+    def _seen_updates(self, events: Sequence[Event], *, guarded: bool) -> list[dict[str, Any]]:
+        windows: dict[str, list[str]] = {}
+        for event in events:
+            windows.setdefault(seen_key(event.entity_id, event.event_id), []).append(event.event_id)
+        expires = {"N": str(int(self._clock()) + MARKER_TTL_SECONDS)}
+        updates = []
+        for key, ids in windows.items():
+            update: dict[str, Any] = {
+                "TableName": self._tables.balances,
+                "Key": {"pk": {"S": key}},
+                "UpdateExpression": "ADD ids :ids SET #expires = :expires",
+                "ExpressionAttributeNames": {"#expires": TTL_ATTRIBUTE},
+                "ExpressionAttributeValues": {":ids": {"SS": ids}, ":expires": expires},
+            }
+            if guarded:
+                update["ConditionExpression"] = " AND ".join(f"NOT contains(ids, :e{i})" for i in range(len(ids)))
+                update["ExpressionAttributeValues"].update({f":e{i}": {"S": id_} for i, id_ in enumerate(ids)})
+            updates.append({"Update": update})
+        return updates
+
+    def _add_change(self, change: BalanceChange) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self._tables.balances,
+                "Key": {"pk": {"S": balance_key(change.account_id)}},
+                "UpdateExpression": (
+                    "ADD #balance :balance, #credits :credits, #debits :debits, #event_count :count, #version :one "
+                    "SET account_id = :account, #currency = :currency, as_of_event_id = :newest, "
+                    "as_of_recorded_at = :newest_at, updated_at = :now"
+                ),
+                "ExpressionAttributeNames": _NAMES,
+                "ExpressionAttributeValues": {
+                    ":balance": {"N": str(change.balance)},
+                    ":credits": {"N": str(change.credits)},
+                    ":debits": {"N": str(change.debits)},
+                    ":count": {"N": str(change.event_count)},
+                    ":one": {"N": "1"},
+                    ":account": {"S": change.account_id},
+                    ":currency": {"S": change.currency},
+                    ":newest": {"S": change.newest_event_id},
+                    ":newest_at": {"S": change.newest_recorded_at},
+                    ":now": {"S": format_rfc3339_epoch(self._clock())},
+                },
+            }
+        }
+
+    def _transact(self, items: list[dict[str, Any]], on_condition: type[Exception] = AlreadyApplied) -> None:
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
+            if code == "TransactionCanceledException" and "ConditionalCheckFailed" in reasons:
+                raise on_condition() from exc
+            if code in ("TransactionCanceledException", "TransactionInProgressException", "ThrottlingException") and (
+                not reasons or any(r in _CONTENTION_CODES for r in reasons)
+            ):
+                raise Contention() from exc
+            raise
+
+    # -- reads ------------------------------------------------------------------
+
+    def get(self, account_id: str, *, consistent: bool = False) -> Balance | None:
+        response = self._client.get_item(
+            TableName=self._tables.balances, Key={"pk": {"S": balance_key(account_id)}}, ConsistentRead=consistent
+        )
+        item = response.get("Item")
+        return _balance_from_item(item) if item else None
+
+    def all_balances(self) -> Iterator[Balance]:
+        """Every balance item (a scan: for operators, not for request paths)."""
+        request: dict[str, Any] = {
+            "TableName": self._tables.balances,
+            "FilterExpression": "begins_with(pk, :prefix)",
+            "ExpressionAttributeValues": {":prefix": {"S": "balance#"}},
+        }
+        while True:
+            page = self._client.scan(**request)
+            for item in page.get("Items", []):
+                yield _balance_from_item(item)
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _without_key(guard: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in guard.items() if k not in ("TableName", "Key")}
+
+
+def format_rfc3339_epoch(seconds: float) -> str:
+    return format_rfc3339(datetime.fromtimestamp(seconds, tz=timezone.utc))

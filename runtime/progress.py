@@ -1,0 +1,20 @@
+"""A one-line progress bar on stderr, for long operator commands."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+
+class ProgressBar:
+    def __init__(self, label: str, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self._label = label
+        self._stream = stream
+        self._width = width
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self._width * done // total if total else self._width
+        self._stream.write(f"\r{self._label} [{'#' * filled}{'.' * (self._width - filled)}] {done}/{total}")
+        if done >= total:
+            self._stream.write("\n")
+        self._stream.flush()
