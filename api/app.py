@@ -170,7 +170,7 @@ def _int_param(params: dict[str, str], name: str, default: int) -> int:
     value = params.get(name)
     if value is None:
         return default
-    if not value.isdigit() or len(value) > 6:
+    if not (0 < len(value) <= 6 and value.isascii() and value.isdigit()):
         raise errors.InvalidQuery(f"{name} must be a positive whole number")
     return int(value)
 

@@ -50,6 +50,8 @@ def parse_body(request: Request, model: type[Model]) -> Model:
         raise
     except (UnicodeDecodeError, ValueError) as exc:
         raise errors.MalformedRequest(f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # nesting deeper than the parser's stack
+        raise errors.MalformedRequest("the body nests too deeply to be a ledger request") from exc
     if not isinstance(data, dict):
         raise errors.MalformedRequest("the body must be a JSON object")
     try:

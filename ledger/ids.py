@@ -10,15 +10,20 @@ strictly increasing within one process even inside one millisecond; plain
 from __future__ import annotations
 
 import re
+import threading
 from datetime import datetime, timedelta, timezone
 
 import ulid
 
 _MONOTONIC = ulid.monotonic
+# ulid-py's monotonic provider reads its last randomness after releasing its own
+# lock, so two threads can receive the same ULID; serialise calls ourselves.
+_MONOTONIC_LOCK = threading.Lock()
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 ULID_PATTERN = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
-ACCOUNT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# At least one character other than a dot: "." and ".." are path segments, not ids.
+ACCOUNT_ID_PATTERN = re.compile(r"^(?!\.+$)[A-Za-z0-9._:-]{1,64}$")
 MIN_RANDOMNESS = "0" * 16
 MAX_RANDOMNESS = "Z" * 16
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -26,7 +31,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 def new_ulid() -> str:
     """A new ULID, greater than every ULID this process made before (same clock)."""
-    return _MONOTONIC.new().str
+    with _MONOTONIC_LOCK:
+        return _MONOTONIC.new().str
 
 
 def is_ulid(value: str) -> bool:
@@ -69,7 +75,10 @@ def parse_rfc3339(value: str) -> datetime:
         raise ValueError(f"not an RFC 3339 timestamp with a time zone: {value!r}")
     text = re.sub(r"(\.\d{6})\d+", r"\1", text)  # Python keeps microseconds only
     moment = datetime.fromisoformat(text.replace("z", "Z").replace("t", "T"))
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError as exc:  # e.g. year 1 at +01:00 is before year 1 in UTC
+        raise ValueError(f"{value!r} is outside the representable calendar in UTC") from exc
 
 
 def format_rfc3339(moment: datetime) -> str:

@@ -300,7 +300,12 @@ class EventStore:
 
     def _explain(self, exc: ClientError, plan: _Plan) -> Exception:
         code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("TransactionInProgressException", "ThrottlingException", "ProvisionedThroughputExceededException"):
+        if code in (
+            "TransactionInProgressException",
+            "ThrottlingException",
+            "ProvisionedThroughputExceededException",
+            "RequestLimitExceeded",
+        ):
             return Contention(on_idempotency_record=False)
         if code != "TransactionCanceledException":
             return exc

@@ -1,0 +1,329 @@
+"""The ledger's write loop over small fake stores: retries, replays and refusals (no IO).
+
+The fakes are plain classes with the two methods the ledger calls on a store,
+`commit` and `get_idempotency_record`; no mocks.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ledger import errors
+from ledger.commands import MovementRequest, TransferRequest
+from ledger.service import Caller, Ledger, RetryPolicy
+from ledger.store import Commit, Contention, IdempotencyRecord, KeyAlreadyUsed
+
+REGION = "us-east-1"
+NOW = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
+CREDIT = MovementRequest(amount=100, currency="EUR")
+
+
+class MemoryStore:
+    """Commits land in memory; a key already recorded raises `KeyAlreadyUsed` with its record."""
+
+    def __init__(self) -> None:
+        self.attempts: list[Commit] = []
+        self.records: dict[str, IdempotencyRecord] = {}
+        self.landed: list[Commit] = []
+
+    def commit(self, commit: Commit) -> None:
+        self.attempts.append(commit)
+        record = commit.idempotency
+        assert record is not None
+        if record.idempotency_id in self.records:
+            raise KeyAlreadyUsed(self._refusal_record(record.idempotency_id))
+        self.records[record.idempotency_id] = record
+        self.landed.append(commit)
+
+    def _refusal_record(self, idempotency_id: str) -> IdempotencyRecord | None:
+        return self.records[idempotency_id]
+
+    def get_idempotency_record(self, idempotency_id: str) -> IdempotencyRecord | None:
+        return self.records.get(idempotency_id)
+
+
+class ContendedStore(MemoryStore):
+    """Raises `Contention` for the first `conflicts` attempts (math.inf: always), then behaves."""
+
+    def __init__(self, conflicts: float, on_idempotency_record: bool = False) -> None:
+        super().__init__()
+        self.conflicts = conflicts
+        self.on_idempotency_record = on_idempotency_record
+
+    def commit(self, commit: Commit) -> None:
+        if self.conflicts > 0:
+            self.conflicts -= 1
+            self.attempts.append(commit)
+            raise Contention(on_idempotency_record=self.on_idempotency_record)
+        super().commit(commit)
+
+
+class SilentRefusalStore(MemoryStore):
+    """Like DynamoDB without ALL_OLD: the refusal names no record, so the ledger must read it."""
+
+    def _refusal_record(self, idempotency_id: str) -> IdempotencyRecord | None:
+        return None
+
+
+class VanishingRecordStore(MemoryStore):
+    """The first commit finds the key used, but the record expires and is deleted before the read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = True
+
+    def commit(self, commit: Commit) -> None:
+        if self.first:
+            self.first = False
+            self.attempts.append(commit)
+            raise KeyAlreadyUsed(None)
+        super().commit(commit)
+
+
+class RefusingStore(MemoryStore):
+    """Every commit is refused by a guard."""
+
+    def commit(self, commit: Commit) -> None:
+        self.attempts.append(commit)
+        raise errors.InsufficientFunds("too little", account_id="alice")
+
+
+def ledger_over(store: MemoryStore, sleeps: list[float] | None = None, **options) -> Ledger:
+    record_sleep = sleeps.append if sleeps is not None else (lambda seconds: None)
+    return Ledger(store, REGION, clock=lambda: NOW, sleep=record_sleep, **options)  # type: ignore[arg-type]
+
+
+def caller(key: str | None = "key-1") -> Caller:
+    return Caller(scope="tests", idempotency_key=key)
+
+
+# -- contention -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conflicts", [1, 3, 5])
+def test_a_commit_that_meets_contention_is_retried_until_it_lands(conflicts):
+    store = ContendedStore(conflicts)
+    sleeps: list[float] = []
+
+    outcome = ledger_over(store, sleeps).credit(caller(), "alice", CREDIT)
+
+    assert outcome.status_code == 201
+    assert outcome.replayed is False
+    assert len(store.attempts) == conflicts + 1
+    assert len(store.landed) == 1
+    assert len(sleeps) == conflicts
+
+
+def test_every_retry_sends_the_very_same_commit_under_the_same_client_token():
+    store = ContendedStore(3)
+
+    ledger_over(store).transfer(
+        caller(), TransferRequest(from_account="alice", to_account="bob", amount=5, currency="EUR")
+    )
+
+    assert len(store.attempts) == 4
+    assert all(commit == store.attempts[0] for commit in store.attempts)
+    assert {commit.token for commit in store.attempts} == {store.attempts[0].events[0].event_id}
+
+
+def test_contention_on_every_attempt_ends_in_store_unavailable():
+    store = ContendedStore(math.inf)
+    sleeps: list[float] = []
+
+    with pytest.raises(errors.StoreUnavailable):
+        ledger_over(store, sleeps).credit(caller(), "alice", CREDIT)
+
+    assert len(store.attempts) == RetryPolicy().attempts
+    assert len(sleeps) == RetryPolicy().attempts - 1
+    assert store.landed == []
+
+
+def test_contention_on_the_idempotency_record_every_time_means_the_key_is_in_flight():
+    store = ContendedStore(math.inf, on_idempotency_record=True)
+
+    with pytest.raises(errors.IdempotencyInFlight):
+        ledger_over(store).credit(caller(), "alice", CREDIT)
+
+    assert len(store.attempts) == RetryPolicy().attempts
+
+
+def test_the_number_of_attempts_follows_the_retry_policy():
+    store = ContendedStore(math.inf)
+
+    with pytest.raises(errors.StoreUnavailable):
+        ledger_over(store, retry=RetryPolicy(attempts=2)).credit(caller(), "alice", CREDIT)
+
+    assert len(store.attempts) == 2
+
+
+def test_backoff_is_jittered_between_zero_and_a_capped_exponential():
+    store = ContendedStore(math.inf)
+    sleeps: list[float] = []
+    policy = RetryPolicy(attempts=10, base_seconds=0.01, cap_seconds=0.3)
+
+    with pytest.raises(errors.StoreUnavailable):
+        ledger_over(store, sleeps, retry=policy).credit(caller(), "alice", CREDIT)
+
+    assert len(sleeps) == 9
+    for attempt, slept in enumerate(sleeps, start=1):
+        assert 0 <= slept <= min(policy.cap_seconds, policy.base_seconds * 2**attempt)
+
+
+def test_a_commit_that_lands_first_time_never_sleeps():
+    sleeps: list[float] = []
+
+    ledger_over(MemoryStore(), sleeps).credit(caller(), "alice", CREDIT)
+
+    assert sleeps == []
+
+
+# -- used keys ------------------------------------------------------------------------
+
+
+def test_a_used_key_with_the_same_request_replays_the_stored_response_without_landing_again():
+    store = MemoryStore()
+    ledger = ledger_over(store)
+    first = ledger.credit(caller("same"), "alice", CREDIT)
+
+    again = ledger.credit(caller("same"), "alice", MovementRequest(currency="EUR", amount=100))
+
+    assert again.replayed is True
+    assert (again.status_code, again.body, again.headers) == (first.status_code, first.body, first.headers)
+    assert len(store.landed) == 1
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        lambda ledger: ledger.credit(caller("same"), "alice", MovementRequest(amount=101, currency="EUR")),
+        lambda ledger: ledger.debit(caller("same"), "alice", CREDIT),
+        lambda ledger: ledger.credit(caller("same"), "bob", CREDIT),
+    ],
+    ids=["other amount", "other operation", "other account"],
+)
+def test_a_used_key_with_a_different_request_is_refused(second):
+    store = MemoryStore()
+    ledger = ledger_over(store)
+    ledger.credit(caller("same"), "alice", CREDIT)
+
+    with pytest.raises(errors.IdempotencyKeyReused):
+        second(ledger)
+
+    assert len(store.landed) == 1
+
+
+def test_a_used_key_whose_record_is_not_in_the_refusal_is_read_back_and_replayed():
+    store = SilentRefusalStore()
+    ledger = ledger_over(store)
+    first = ledger.credit(caller("same"), "alice", CREDIT)
+
+    again = ledger.credit(caller("same"), "alice", CREDIT)
+
+    assert again.replayed is True
+    assert again.body == first.body
+
+
+def test_a_key_whose_record_vanished_before_it_could_be_read_is_recorded_afresh():
+    store = VanishingRecordStore()
+
+    outcome = ledger_over(store).credit(caller(), "alice", CREDIT)
+
+    assert outcome.replayed is False
+    assert len(store.attempts) == 2
+    assert len(store.landed) == 1
+
+
+def test_keys_are_scoped_per_caller():
+    store = MemoryStore()
+    ledger = ledger_over(store)
+
+    ledger.credit(Caller("tenant-a", "shared"), "alice", CREDIT)
+    other = ledger.credit(Caller("tenant-b", "shared"), "alice", MovementRequest(amount=7, currency="EUR"))
+
+    assert other.replayed is False
+    assert sorted(store.records) == ["tenant-a#shared", "tenant-b#shared"]
+
+
+# -- refusals ---------------------------------------------------------------------------
+
+
+def test_a_domain_refusal_is_raised_at_once_and_not_retried():
+    store = RefusingStore()
+    sleeps: list[float] = []
+
+    with pytest.raises(errors.InsufficientFunds):
+        ledger_over(store, sleeps).debit(caller(), "alice", CREDIT)
+
+    assert len(store.attempts) == 1
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(
+    "key, error",
+    [
+        (None, errors.IdempotencyKeyMissing),
+        ("", errors.IdempotencyKeyInvalid),
+        ("k" * 256, errors.IdempotencyKeyInvalid),
+        ("bell\x07", errors.IdempotencyKeyInvalid),
+        ("naïve", errors.IdempotencyKeyInvalid),
+    ],
+    ids=["missing", "empty", "256 chars", "control char", "non-ASCII"],
+)
+def test_a_write_without_a_usable_key_never_reaches_the_store(key, error):
+    store = MemoryStore()
+    ledger = ledger_over(store)
+
+    for write in (
+        lambda: ledger.credit(caller(key), "alice", CREDIT),
+        lambda: ledger.debit(caller(key), "alice", CREDIT),
+        lambda: ledger.transfer(
+            caller(key), TransferRequest(from_account="alice", to_account="bob", amount=1, currency="EUR")
+        ),
+    ):
+        with pytest.raises(error):
+            write()
+
+    assert store.attempts == []
+
+
+def test_a_transfer_to_the_same_account_never_reaches_the_store():
+    store = MemoryStore()
+
+    with pytest.raises(errors.SameAccountTransfer):
+        ledger_over(store).transfer(
+            caller(), TransferRequest(from_account="alice", to_account="alice", amount=1, currency="EUR")
+        )
+
+    assert store.attempts == []
+
+
+# -- what is recorded ---------------------------------------------------------------------
+
+
+def test_the_recorded_response_is_the_response_returned_and_expires_after_the_ttl():
+    store = MemoryStore()
+
+    outcome = ledger_over(store, idempotency_ttl=timedelta(hours=2)).credit(caller("k"), "alice", CREDIT)
+
+    (commit,) = store.landed
+    record = commit.idempotency
+    assert (record.status_code, record.body, record.headers) == (outcome.status_code, outcome.body, outcome.headers)
+    assert record.idempotency_id == "tests#k"
+    assert record.expires_at == int((NOW + timedelta(hours=2)).timestamp())
+    assert commit.now_epoch == int(NOW.timestamp())
+
+
+def test_a_transfer_commits_two_legs_that_balance_and_guard_both_accounts():
+    store = MemoryStore()
+
+    ledger_over(store).transfer(
+        caller(), TransferRequest(from_account="alice", to_account="bob", amount=30, currency="EUR")
+    )
+
+    (commit,) = store.landed
+    assert [(event.entity_id, event.signed_amount) for event in commit.events] == [("alice", -30), ("bob", 30)]
+    assert len({event.transaction_id for event in commit.events}) == 1
+    assert [(g.account_id, g.currency, g.delta) for g in commit.guards] == [("alice", "EUR", -30), ("bob", "EUR", 30)]
