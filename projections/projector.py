@@ -5,7 +5,8 @@ one `ADD` of the group's summed change), up to `max_group` events at a time. Whe
 group is refused because some event was applied before (a redelivery, a replay,
 a retry after a partial failure) or the transaction contended, its events go one
 at a time, and an event found already applied counts as done. Nothing depends on
-arrival order: addition commutes, and the seen-sets make each event count once.
+arrival order: addition commutes, and the seen-sets make each event count once;
+the view's `as_of` only ever moves to a newer event (see `BalanceStore.apply`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Projector:
         for event in unique.values():
             by_account.setdefault(event.entity_id, []).append(event)
         for group in by_account.values():
+            group.sort(key=lambda e: e.event_id)  # oldest first: `as_of` then only moves forward
             for start in range(0, len(group), self._max_group):
                 self._apply_group(group[start : start + self._max_group], report)
         return report

@@ -36,6 +36,10 @@ class AlreadyApplied(Exception):
     """At least one of the events is in a seen-set already; nothing was written."""
 
 
+class _OlderThanView(Exception):
+    """The view already names an event newer than the ones being applied."""
+
+
 class Contention(Exception):
     """Throttling or a concurrent transaction; nothing was written, a retry may succeed."""
 
@@ -98,11 +102,19 @@ class BalanceStore:
     # -- writes -----------------------------------------------------------------
 
     def apply(self, events: Sequence[Event]) -> None:
-        """Apply events of ONE account, distinct by id, atomically; raise AlreadyApplied if any was."""
+        """Apply events of ONE account, distinct by id, atomically; raise AlreadyApplied if any was.
+
+        `as_of` only moves forward: the balance update is guarded on the view's newest
+        event being older than ours. Events arrive out of ULID order only across shards
+        or regions, so the rare refusal is answered by committing the same change once
+        more without touching `as_of`.
+        """
         change = BalanceChange.of(events)
-        items = self._seen_updates(events, guarded=True)
-        items.append(self._add_change(change))
-        self._transact(items)
+        seen = self._seen_updates(events, guarded=True)
+        try:
+            self._transact([*seen, self._add_change(change, advance_as_of=True)])
+        except _OlderThanView:
+            self._transact([*seen, self._add_change(change, advance_as_of=False)])
 
     def replace(self, account_id: str, change: BalanceChange | None, currency: str, read_version: int | None, recent: Sequence[Event]) -> None:
         """Set the view to `change` if it is still at `read_version`, marking `recent` events as seen.
@@ -164,39 +176,49 @@ class BalanceStore:
             updates.append({"Update": update})
         return updates
 
-    def _add_change(self, change: BalanceChange) -> dict[str, Any]:
-        return {
-            "Update": {
-                "TableName": self._tables.balances,
-                "Key": {"pk": {"S": balance_key(change.account_id)}},
-                "UpdateExpression": (
-                    "ADD #balance :balance, #credits :credits, #debits :debits, #event_count :count, #version :one "
-                    "SET account_id = :account, #currency = :currency, as_of_event_id = :newest, "
-                    "as_of_recorded_at = :newest_at, updated_at = :now"
-                ),
-                "ExpressionAttributeNames": _NAMES,
-                "ExpressionAttributeValues": {
-                    ":balance": {"N": str(change.balance)},
-                    ":credits": {"N": str(change.credits)},
-                    ":debits": {"N": str(change.debits)},
-                    ":count": {"N": str(change.event_count)},
-                    ":one": {"N": "1"},
-                    ":account": {"S": change.account_id},
-                    ":currency": {"S": change.currency},
-                    ":newest": {"S": change.newest_event_id},
-                    ":newest_at": {"S": change.newest_recorded_at},
-                    ":now": {"S": format_rfc3339_epoch(self._clock())},
-                },
-            }
+    def _add_change(self, change: BalanceChange, *, advance_as_of: bool) -> dict[str, Any]:
+        update = {
+            "TableName": self._tables.balances,
+            "Key": {"pk": {"S": balance_key(change.account_id)}},
+            "UpdateExpression": (
+                "ADD #balance :balance, #credits :credits, #debits :debits, #event_count :count, #version :one "
+                "SET account_id = :account, #currency = :currency, updated_at = :now"
+            ),
+            "ExpressionAttributeNames": dict(_NAMES),
+            "ExpressionAttributeValues": {
+                ":balance": {"N": str(change.balance)},
+                ":credits": {"N": str(change.credits)},
+                ":debits": {"N": str(change.debits)},
+                ":count": {"N": str(change.event_count)},
+                ":one": {"N": "1"},
+                ":account": {"S": change.account_id},
+                ":currency": {"S": change.currency},
+                ":now": {"S": format_rfc3339_epoch(self._clock())},
+            },
         }
+        if advance_as_of:
+            update["UpdateExpression"] += ", as_of_event_id = :newest, as_of_recorded_at = :newest_at"
+            update["ConditionExpression"] = "attribute_not_exists(as_of_event_id) OR as_of_event_id < :newest"
+            update["ExpressionAttributeValues"].update(
+                {":newest": {"S": change.newest_event_id}, ":newest_at": {"S": change.newest_recorded_at}}
+            )
+        return {"Update": update}
 
     def _transact(self, items: list[dict[str, Any]], on_condition: type[Exception] = AlreadyApplied) -> None:
+        """One TransactWriteItems; a refusal is raised as the exception that explains it.
+
+        A failed condition on any item but the last is `on_condition`; on the last one
+        alone (the balance update's `as_of` guard in `apply`) it is `_OlderThanView`.
+        """
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
-            if code == "TransactionCanceledException" and "ConditionalCheckFailed" in reasons:
+            failed = [i for i, reason in enumerate(reasons) if reason == "ConditionalCheckFailed"]
+            if code == "TransactionCanceledException" and failed:
+                if failed == [len(items) - 1] and "ConditionExpression" in items[-1].get("Update", {}):
+                    raise _OlderThanView() from exc
                 raise on_condition() from exc
             if code in ("TransactionCanceledException", "TransactionInProgressException", "ThrottlingException") and (
                 not reasons or any(r in _CONTENTION_CODES for r in reasons)
