@@ -206,3 +206,30 @@ def test_formatting_then_parsing_keeps_the_instant_to_the_millisecond():
     moment = datetime(2026, 11, 22, 10, 0, 0, 987_654, tzinfo=UTC)
 
     assert parse_rfc3339(format_rfc3339(moment)) == moment.replace(microsecond=987_000)
+
+
+def test_new_ulid_never_hands_two_threads_the_same_id():
+    # ulid-py's monotonic provider can return one id twice under thread switches;
+    # a tiny switch interval makes that race show up within a few thousand calls.
+    import sys
+    import threading
+
+    from ledger.ids import new_ulid
+
+    minted: list[list[str]] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        def mint() -> None:
+            minted.append([new_ulid() for _ in range(10_000)])
+
+        threads = [threading.Thread(target=mint) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    every = [id_ for batch in minted for id_ in batch]
+    assert len(set(every)) == len(every) == 80_000
+    assert all(batch == sorted(batch) for batch in minted)  # each thread sees them increase
