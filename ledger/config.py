@@ -54,13 +54,27 @@ def dynamodb_client(settings: Settings):
     A loopback endpoint (DynamoDB Local, moto) gets placeholder credentials when the
     environment has none: those servers accept any, and a new user has none set.
     """
+    return _client(
+        "dynamodb", settings, Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=64)
+    )
+
+
+def streams_client(settings: Settings):
+    """A DynamoDB Streams client for the local stream poller.
+
+    Short timeouts: a call in flight cannot be interrupted, so they bound how long
+    stopping the poller can take.
+    """
+    return _client(
+        "dynamodbstreams",
+        settings,
+        Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5),
+    )
+
+
+def _client(service: str, settings: Settings, config: Config):
     session = boto3.session.Session(region_name=settings.region)
     credentials: dict[str, str] = {}
     if settings.is_local_endpoint and session.get_credentials() is None:
         credentials = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
-    return session.client(
-        "dynamodb",
-        endpoint_url=settings.endpoint_url,
-        config=Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=64),
-        **credentials,
-    )
+    return session.client(service, endpoint_url=settings.endpoint_url, config=config, **credentials)

@@ -45,9 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
-        help=f"where the embedded DynamoDB keeps its data (default ./{DEFAULT_DATA_DIR})",
+        help=f"where the embedded DynamoDB and the stream checkpoint live (default ./{DEFAULT_DATA_DIR})",
     )
     serve.add_argument("--dynamodb-port", type=int, help="port of the embedded DynamoDB (default: a free one)")
+    serve.add_argument(
+        "--no-projector",
+        dest="projector",
+        action="store_false",
+        help="do not poll the events stream (when a deployed Lambda already projects it)",
+    )
     serve.set_defaults(handler=_serve)
 
     tables = commands.add_parser("tables", help="manage the service's tables")
@@ -116,7 +122,14 @@ def _create_tables(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    return serve(settings_from(args), host=args.host, port=args.port, data_dir=args.data_dir, dynamodb_port=args.dynamodb_port)
+    return serve(
+        settings_from(args),
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        dynamodb_port=args.dynamodb_port,
+        projector=args.projector,
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:

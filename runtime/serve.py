@@ -1,14 +1,17 @@
-"""`ledger serve`: the embedded database, the tables, and the API on one port.
+"""`ledger serve`: the embedded database, the tables, the API and the projector.
 
 With no endpoint configured, DynamoDB Local runs as a child process with its data
 in `--data-dir`, so the ledger survives a restart. Without Java it falls back to
 moto's in-memory server and says so loudly. The API is Chalice's own local server
-around the same `app` object that Lambda runs.
+around the same `app` object that Lambda runs. The projector is the same stream
+handler Lambda runs, fed by a `StreamPoller` thread that keeps its checkpoint and
+dead letters in `--data-dir`.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from contextlib import ExitStack
 from dataclasses import replace
@@ -19,10 +22,12 @@ from chalice.local import create_local_server
 
 from api.app import app, use_ledger
 from ledger.bootstrap import build_ledger
-from ledger.config import Settings, dynamodb_client
+from ledger.config import Settings, dynamodb_client, streams_client
+from projections.bootstrap import build_balance_store, build_stream_handler
 
 from .dynamodb_local import DynamoDBLocal, EmbeddedDynamoDBError, java_available
 from .moto_server import MotoDynamoDB
+from .poller import PollerConfig, StreamPoller, stream_arn_of
 from .tables import ensure_tables
 
 
@@ -45,7 +50,44 @@ def _start_embedded(stack: ExitStack, data_dir: Path, port: int | None) -> tuple
     return database.endpoint_url, f"IN-MEMORY moto at {database.endpoint_url} (data is not kept)"
 
 
-def serve(settings: Settings, *, host: str, port: int, data_dir: Path, dynamodb_port: int | None = None) -> int:
+# Locally a record that fails is most likely DynamoDB Local being slow or restarting:
+# be patient before dead-lettering it.
+_LOCAL_POLLER = PollerConfig(max_attempts=10, backoff_cap_seconds=5.0)
+
+
+def _start_projector(stack: ExitStack, settings: Settings, client, data_dir: Path) -> str:
+    """Poll the events stream in a thread until the stack unwinds; return where its files are."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # CloudWatch embedded-metric JSON on stdout means nothing locally; set it to
+    # false to see the projector's metrics anyway.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    poller = StreamPoller(
+        streams_client(settings),
+        stream_arn_of(client, settings.tables.events),
+        build_stream_handler(settings, client),
+        checkpoint_path=data_dir / f"{settings.stage}-stream-checkpoint.json",
+        dead_letter_path=data_dir / f"{settings.stage}-dead-letters.jsonl",
+        config=_LOCAL_POLLER,
+    )
+    thread, stop = poller.start_thread()
+
+    def stop_projector() -> None:
+        stop.set()
+        thread.join(timeout=15)
+
+    stack.callback(stop_projector)
+    return f"projector polling the events stream, dead letters to {poller.dead_letter_path}"
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    dynamodb_port: int | None = None,
+    projector: bool = True,
+) -> int:
     """Run until Ctrl-C or SIGTERM; every child process stops with us."""
     with ExitStack() as stack:
         if settings.endpoint_url:
@@ -61,7 +103,9 @@ def serve(settings: Settings, *, host: str, port: int, data_dir: Path, dynamodb_
         created = ensure_tables(client, settings)
         if created:
             _say(f"created tables: {', '.join(created)}")
-        use_ledger(build_ledger(settings, client))
+        use_ledger(build_ledger(settings, client), build_balance_store(settings, client))
+        if projector:
+            _say(_start_projector(stack, settings, client, data_dir.resolve()))
         try:
             server = create_local_server(app, Config(chalice_stage=settings.stage), host, port)
         except OSError as exc:
