@@ -1,0 +1,1 @@
+"""The auditor's side: the canonical form of events, digests, checkpoints, timelines and export."""
