@@ -1,0 +1,90 @@
+"""Watch every DynamoDB call the product code makes against an events table.
+
+The events table is append-only: the only write the product may make there is a
+`Put` guarded by `attribute_not_exists`, inside `TransactWriteItems` or alone. The
+test session patches botocore's one entry point for API calls, so every client
+(moto in-process, DynamoDB Local, anything) is seen. A call counts as the product's
+when a frame of the product's packages is on the stack: tests that tamper with the
+log on purpose (to prove the auditors notice) call the client themselves.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EVENTS_TABLE_SUFFIX = "-ledger-events"
+PRODUCT_PACKAGES = ("ledger", "projections", "audit", "api", "runtime")
+_READS = {"GetItem", "BatchGetItem", "Query", "Scan", "DescribeTable", "DescribeTimeToLive", "ListTables"}
+
+
+def _is_events_table(name: Any) -> bool:
+    return isinstance(name, str) and name.endswith(EVENTS_TABLE_SUFFIX)
+
+
+def _guarded_put(put: dict[str, Any]) -> bool:
+    return "attribute_not_exists(" in put.get("ConditionExpression", "")
+
+
+def violations_of(operation: str, params: dict[str, Any]) -> list[str]:
+    """Why this call would change or remove an existing event (empty: it cannot)."""
+    found: list[str] = []
+    if operation in _READS:
+        return found
+    if operation in ("UpdateItem", "DeleteItem", "DeleteTable", "UpdateTable") and _is_events_table(params.get("TableName")):
+        found.append(f"{operation} on {params['TableName']}")
+    if operation == "PutItem" and _is_events_table(params.get("TableName")) and not _guarded_put(params):
+        found.append(f"unguarded PutItem on {params['TableName']}")
+    if operation == "TransactWriteItems":
+        for item in params.get("TransactItems", []):
+            for kind, body in item.items():
+                if not _is_events_table(body.get("TableName")):
+                    continue
+                if kind in ("Update", "Delete"):
+                    found.append(f"TransactWriteItems {kind} on {body['TableName']}")
+                elif kind == "Put" and not _guarded_put(body):
+                    found.append(f"unguarded TransactWriteItems Put on {body['TableName']}")
+    if operation == "BatchWriteItem":
+        for table, requests in params.get("RequestItems", {}).items():
+            if _is_events_table(table):
+                # A batch put cannot carry a condition, so it could overwrite an event.
+                found.extend(f"BatchWriteItem {next(iter(r))} on {table}" for r in requests)
+    return found
+
+
+@dataclass
+class EventLogGuard:
+    root: Path
+    violations: list[str] = field(default_factory=list)
+    appends: int = 0  # guarded puts of events seen: proof the guard watched something
+    calls: Counter = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _from_product(self) -> str | None:
+        frame = sys._getframe(2)
+        product_dirs = tuple(str(self.root / package) + "/" for package in PRODUCT_PACKAGES)
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            if filename.startswith(product_dirs):
+                return f"{Path(filename).relative_to(self.root)}:{frame.f_lineno}"
+            frame = frame.f_back
+        return None
+
+    def observe(self, operation: str, params: dict[str, Any]) -> None:
+        where = self._from_product()
+        if where is None:
+            return
+        found = violations_of(operation, params)
+        with self._lock:
+            self.calls[operation] += 1
+            self.violations.extend(f"{v} (from {where})" for v in found)
+            if operation == "TransactWriteItems":
+                self.appends += sum(
+                    1 for item in params.get("TransactItems", []) if _is_events_table(item.get("Put", {}).get("TableName"))
+                )
+            elif operation == "PutItem" and _is_events_table(params.get("TableName")):
+                self.appends += 1

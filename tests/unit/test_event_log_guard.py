@@ -1,0 +1,44 @@
+"""The session-wide guard's rule: which DynamoDB calls could change or remove an event."""
+
+from __future__ import annotations
+
+import pytest
+
+from event_log_guard import violations_of
+
+EVENTS = "prod-ledger-events"
+GUARDED_PUT = {"TableName": EVENTS, "Item": {}, "ConditionExpression": "attribute_not_exists(event_id)"}
+
+
+@pytest.mark.parametrize(
+    ("operation", "params"),
+    [
+        ("UpdateItem", {"TableName": EVENTS, "Key": {}}),
+        ("DeleteItem", {"TableName": EVENTS, "Key": {}}),
+        ("DeleteTable", {"TableName": EVENTS}),
+        ("PutItem", {"TableName": EVENTS, "Item": {}}),
+        ("PutItem", {"TableName": EVENTS, "Item": {}, "ConditionExpression": "attribute_exists(event_id)"}),
+        ("TransactWriteItems", {"TransactItems": [{"Put": GUARDED_PUT}, {"Update": {"TableName": EVENTS, "Key": {}}}]}),
+        ("TransactWriteItems", {"TransactItems": [{"Delete": {"TableName": EVENTS, "Key": {}}}]}),
+        ("TransactWriteItems", {"TransactItems": [{"Put": {"TableName": EVENTS, "Item": {}}}]}),
+        ("BatchWriteItem", {"RequestItems": {EVENTS: [{"PutRequest": {"Item": {}}}]}}),
+        ("BatchWriteItem", {"RequestItems": {EVENTS: [{"DeleteRequest": {"Key": {}}}]}}),
+    ],
+)
+def test_every_way_of_changing_or_removing_an_event_is_a_violation(operation, params):
+    assert violations_of(operation, params)
+
+
+@pytest.mark.parametrize(
+    ("operation", "params"),
+    [
+        ("PutItem", GUARDED_PUT),
+        ("TransactWriteItems", {"TransactItems": [{"Put": GUARDED_PUT}, {"Update": {"TableName": "prod-ledger-accounts"}}]}),
+        ("UpdateItem", {"TableName": "prod-ledger-balances", "Key": {}}),
+        ("DeleteItem", {"TableName": "prod-ledger-idempotency", "Key": {}}),
+        ("BatchWriteItem", {"RequestItems": {"prod-ledger-balances": [{"PutRequest": {"Item": {}}}]}}),
+        ("Query", {"TableName": EVENTS}),
+    ],
+)
+def test_appends_and_writes_to_other_tables_are_allowed(operation, params):
+    assert violations_of(operation, params) == []
