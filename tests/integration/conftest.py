@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from runtime.dynamodb_local import DynamoDBLocal, ensure_installed, java_available
+from serving import Served
 
 _HERE = Path(__file__).parent
 
@@ -56,3 +57,17 @@ def dynamodb_local() -> Iterator[DynamoDBLocal]:
 def dynamodb_local_client(dynamodb_local: DynamoDBLocal) -> Any:
     """A boto3 DynamoDB client for the session's DynamoDB Local."""
     return _client(dynamodb_local.endpoint_url)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    ensure_installed()
+    return tmp_path / "ledger-data"
+
+
+@pytest.fixture
+def served(data_dir: Path) -> Iterator[Served]:
+    server = Served(data_dir)
+    yield server
+    if server.process.poll() is None:
+        server.stop()

@@ -7,72 +7,16 @@ survives a restart on the same data directory, and stopping leaves no process.
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from runtime.dynamodb_local import ensure_installed, pick_free_port, port_is_free
+from runtime.dynamodb_local import port_is_free
+from serving import Served
 
 ROOT = Path(__file__).resolve().parents[2]
-READY = re.compile(r"ledger ready: API (http://\S+) \(DynamoDB Local at (http://[\d.]+:(\d+))")
-
-
-def _ledger_command() -> list[str]:
-    script = Path(sys.executable).with_name("ledger")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "runtime.cli"]
-
-
-class Served:
-    """A running `ledger serve`; `stop()` sends SIGINT as Ctrl-C would."""
-
-    def __init__(self, data_dir: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-        self.process = subprocess.Popen(
-            [*_ledger_command(), "serve", "--port", str(pick_free_port()), "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=data_dir.parent,
-        )
-        self.output: list[str] = []
-        for line in self.process.stdout:  # type: ignore[union-attr]
-            self.output.append(line)
-            if match := READY.search(line):
-                self.api, self.dynamodb_port = match.group(1), int(match.group(3))
-                return
-        raise AssertionError("ledger serve stopped before it was ready:\n" + "".join(self.output))
-
-    def get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.api + path, timeout=10) as response:
-            return json.load(response)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        code = self.process.wait(timeout=30)
-        self.output.extend(self.process.stdout.readlines())  # type: ignore[union-attr]
-        return code
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    ensure_installed()
-    return tmp_path / "ledger-data"
-
-
-@pytest.fixture
-def served(data_dir: Path) -> Iterator[Served]:
-    server = Served(data_dir)
-    yield server
-    if server.process.poll() is None:
-        server.stop()
 
 
 def _readme_tour() -> str:
