@@ -18,10 +18,8 @@ transfer's legs must cancel out, and `verify` must report no drift.
 from __future__ import annotations
 
 import copy
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import boto3
@@ -32,14 +30,13 @@ from hypothesis import strategies as st
 
 from ledger.bootstrap import build_ledger
 from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest
-from ledger.config import Settings
 from ledger.service import Caller, Ledger
 from projections.balances import BalanceChange
 from projections.bootstrap import build_balance_store, build_stream_handler
 from projections.projector import Projector, key_of
 from projections.store import BalanceStore
 from projections.verify import verify
-from runtime.tables import all_definitions, ensure_tables
+from stream_support import Stage, sequence_of, stream_records
 
 REGION = "us-east-1"
 CURRENCY = "EUR"
@@ -59,48 +56,6 @@ def metrics_off() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def streams(moto_dynamodb: Any) -> Any:
     return boto3.client("dynamodbstreams", region_name=REGION)
-
-
-class Stage:
-    """Every table of one fresh stage (balances included), dropped again on exit."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.settings = Settings(stage=f"proj{uuid.uuid4().hex[:10]}", region=REGION)
-
-    def __enter__(self) -> Stage:
-        ensure_tables(self.client, self.settings)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for definition in all_definitions(self.settings)[0]:
-            self.client.delete_table(TableName=definition["TableName"])
-
-
-def stream_records(client: Any, streams: Any, settings: Settings) -> list[dict[str, Any]]:
-    """Every record of the events table's stream, from the trim horizon, shaped as Lambda delivers them."""
-    arn = client.describe_table(TableName=settings.tables.events)["Table"]["LatestStreamArn"]
-    records: list[dict[str, Any]] = []
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")[
-            "ShardIterator"
-        ]
-        while iterator:
-            page = streams.get_records(ShardIterator=iterator, Limit=1000)
-            records.extend(page["Records"])
-            if not page["Records"]:
-                break
-            iterator = page.get("NextShardIterator")
-    for record in records:
-        record["eventSourceARN"] = arn
-        created = record["dynamodb"].get("ApproximateCreationDateTime")
-        if isinstance(created, datetime):  # boto3 parses it; Lambda hands over epoch seconds
-            record["dynamodb"]["ApproximateCreationDateTime"] = created.timestamp()
-    return records
-
-
-def sequence_of(record: dict[str, Any]) -> str:
-    return record["dynamodb"]["SequenceNumber"]
 
 
 # -- a DynamoDB client that crashes around the projector's transactions ----------------------------

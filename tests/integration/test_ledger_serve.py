@@ -11,7 +11,6 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-import pytest
 
 from runtime.dynamodb_local import port_is_free
 from serving import Served

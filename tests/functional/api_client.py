@@ -1,0 +1,92 @@
+"""A thin JSON client over Chalice's test client, with fresh Idempotency-Keys."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from chalice.test import Client
+
+_AUTO = object()
+_keys = itertools.count(1)
+
+
+def fresh_key() -> str:
+    """An Idempotency-Key no other request of this session uses."""
+    return f"test-key-{next(_keys):06d}"
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    """What the client saw: status, headers (names lower-cased), raw body, parsed JSON."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+
+    @property
+    def code(self) -> str | None:
+        """The problem document's `code`, if the body is one."""
+        return self.json.get("code") if isinstance(self.json, dict) else None
+
+
+class Api:
+    """A thin helper over Chalice's test client that speaks JSON and Idempotency-Keys."""
+
+    def __init__(self, client: Client) -> None:
+        self._http = client.http
+
+    def post(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        key: Any = _AUTO,
+        raw: bytes | str | None = None,
+        content_type: str | None = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> ApiResponse:
+        """POST `body` as JSON (or `raw` bytes as given); `key=None` sends no Idempotency-Key."""
+        sent: dict[str, str] = {}
+        if content_type is not None:
+            sent["Content-Type"] = content_type
+        if key is _AUTO:
+            key = fresh_key()
+        if key is not None:
+            sent["Idempotency-Key"] = key
+        sent.update(headers or {})
+        if raw is not None:
+            payload = raw.encode() if isinstance(raw, str) else raw
+        elif body is None:
+            payload = b""
+        else:
+            payload = json.dumps(body).encode()
+        return self._wrap(self._http.post(path, headers=sent, body=payload))
+
+    def request(self, method: str, path: str, body: Any = None) -> ApiResponse:
+        """Any method, JSON body, a fresh Idempotency-Key: for routes and methods that do not exist."""
+        headers = {"Content-Type": "application/json", "Idempotency-Key": fresh_key()}
+        payload = b"" if body is None else json.dumps(body).encode()
+        return self._wrap(self._http.request(method, path, headers=headers, body=payload))
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> ApiResponse:
+        if params:
+            path = f"{path}?{urlencode(params)}"
+        return self._wrap(self._http.get(path))
+
+    @staticmethod
+    def _wrap(response: Any) -> ApiResponse:
+        try:
+            parsed = json.loads(response.body) if response.body else None
+        except ValueError:
+            parsed = None
+        return ApiResponse(
+            status=response.status_code,
+            headers={name.lower(): value for name, value in response.headers.items()},
+            body=response.body,
+            json=parsed,
+        )

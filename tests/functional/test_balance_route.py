@@ -1,0 +1,107 @@
+"""`GET /accounts/{id}/balance`: the projected view in one read, or a strong fold of the log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from chalice.test import Client
+
+from api.app import app, use_ledger
+from api_client import Api
+from ledger.bootstrap import build_ledger
+from projections.bootstrap import build_balance_store, build_stream_handler
+from stream_support import REGION, Stage, stream_records
+
+FIELDS = {"account_id", "currency", "balance", "credits", "debits", "event_count", "as_of", "consistency"}
+
+
+@pytest.fixture
+def stage(moto_dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage]:
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    with Stage(moto_dynamodb) as created:
+        yield created
+
+
+@pytest.fixture
+def api(stage: Stage, moto_dynamodb: Any) -> Iterator[Api]:
+    use_ledger(build_ledger(stage.settings, moto_dynamodb), build_balance_store(stage.settings, moto_dynamodb))
+    try:
+        with Client(app) as client:
+            yield Api(client)
+    finally:
+        use_ledger(None)
+
+
+def project_everything(stage: Stage, client: Any) -> None:
+    records = stream_records(client, boto3.client("dynamodbstreams", region_name=REGION), stage.settings)
+    assert build_stream_handler(stage.settings, client)({"Records": records}, None) == {"batchItemFailures": []}
+
+
+def open_and_move(api: Api) -> list[dict]:
+    assert api.post("/accounts", {"account_id": "alice", "currency": "EUR"}).status == 201
+    assert api.post("/accounts/alice/credits", {"amount": 900, "currency": "EUR"}).status == 201
+    debit = api.post("/accounts/alice/debits", {"amount": 250, "currency": "EUR"})
+    assert debit.status == 201
+    return debit.json["events"]
+
+
+def test_an_account_with_nothing_projected_yet_reads_zero_with_no_as_of(api: Api):
+    open_and_move(api)
+
+    response = api.get("/accounts/alice/balance")
+
+    assert response.status == 200
+    assert response.json == {
+        "account_id": "alice",
+        "currency": "EUR",
+        "balance": 0,
+        "credits": 0,
+        "debits": 0,
+        "event_count": 0,
+        "as_of": None,
+        "consistency": "eventual",
+    }
+
+
+def test_the_view_shows_the_projected_figures_and_names_the_newest_event(api: Api, stage: Stage, moto_dynamodb: Any):
+    [debit] = open_and_move(api)
+    project_everything(stage, moto_dynamodb)
+
+    response = api.get("/accounts/alice/balance")
+
+    assert set(response.json) == FIELDS
+    assert (response.json["balance"], response.json["credits"], response.json["debits"]) == (650, 900, 250)
+    assert response.json["event_count"] == 3
+    assert response.json["as_of"] == {"event_id": debit["event_id"], "recorded_at": debit["recorded_at"]}
+
+
+def test_a_strong_read_sees_a_write_before_any_projection(api: Api):
+    [debit] = open_and_move(api)
+
+    response = api.get("/accounts/alice/balance", {"consistency": "strong"})
+
+    assert response.status == 200 and set(response.json) == FIELDS
+    assert (response.json["balance"], response.json["event_count"], response.json["consistency"]) == (650, 3, "strong")
+    assert response.json["as_of"]["event_id"] == debit["event_id"]
+
+
+@pytest.mark.parametrize("consistency", ["eventual", "strong"])
+def test_an_unknown_account_is_404(api: Api, consistency: str):
+    response = api.get("/accounts/nobody/balance", {"consistency": consistency})
+    assert (response.status, response.code) == (404, "account_not_found")
+
+
+@pytest.mark.parametrize("account_id", ["..", "a%00b", "x" * 65, "al%20ice", "%E2%82%AC"])
+def test_a_hostile_account_id_is_refused(api: Api, account_id: str):
+    response = api.get(f"/accounts/{account_id}/balance")
+    assert 400 <= response.status < 500 and response.code, response.json
+
+
+@pytest.mark.parametrize("params", [{"consistency": "bogus"}, {"consistency": ""}, {"fresh": "yes"}])
+def test_bad_query_parameters_are_400_invalid_query(api: Api, params: dict[str, str]):
+    open_and_move(api)
+    response = api.get("/accounts/alice/balance", params)
+    assert (response.status, response.code) == (400, "invalid_query")
