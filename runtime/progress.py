@@ -7,9 +7,9 @@ from typing import TextIO
 
 
 class ProgressBar:
-    def __init__(self, label: str, stream: TextIO = sys.stderr, width: int = 30) -> None:
+    def __init__(self, label: str, stream: TextIO | None = None, width: int = 30) -> None:
         self._label = label
-        self._stream = stream
+        self._stream = stream or sys.stderr  # looked up now, not at import: callers may redirect it
         self._width = width
 
     def __call__(self, done: int, total: int) -> None:
