@@ -1,0 +1,293 @@
+"""Projection benchmark against a real DynamoDB Local: write units per event, and lag.
+
+1. Write units per applied event. Events are recorded through the real `Ledger` over
+   a skewed (Zipf) mix of accounts, then projected in ULID order in batches of 100
+   by the real `Projector` and `BalanceStore` (grouped: one transaction per account
+   and batch), and, on a fresh stage, one transaction per event (`max_group=1`).
+   DynamoDB Local reports capacity per table, not per item, so the figure that
+   matters is computed from AWS's rules on the exact items: a transactional write
+   costs 2 WCU per started KB of each item, the larger of its size before and after
+   (sizes probed with an unmetered client around every transaction). DynamoDB
+   Local's own report is printed next to it.
+2. Lag. A `StreamPoller` (the one `ledger serve` runs, same settings) feeds the real
+   stream handler while credits are recorded at a steady rate; for each, the time
+   from the write's return until `GET balance` (consistent) shows it.
+
+Assumption: events are recorded back to back (a few hundred per second), so a batch
+of 100 spans well under a second, as a busy stream's batches do. A slow trickle
+spreads an account's events over more ~1 s dedupe windows, which costs more per event.
+
+    .venv/bin/python bench/projection.py                       # about three minutes
+    .venv/bin/python bench/projection.py --events 300 --accounts 200 --lag-seconds 3   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from write_path import Meter, item_size, kb_units  # noqa: E402
+
+from ledger.bootstrap import build_ledger  # noqa: E402
+from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest  # noqa: E402
+from ledger.config import Settings, dynamodb_client, streams_client  # noqa: E402
+from ledger.service import Caller, Ledger  # noqa: E402
+from projections.bootstrap import build_balance_store, build_stream_handler  # noqa: E402
+from projections.projector import Projector  # noqa: E402
+from runtime.dynamodb_local import DynamoDBLocal, ensure_installed  # noqa: E402
+from runtime.poller import StreamPoller, stream_arn_of  # noqa: E402
+from runtime.serve import _LOCAL_POLLER  # noqa: E402
+from runtime.tables import ensure_tables  # noqa: E402
+
+CURRENCY = "EUR"
+BATCH = 100
+
+
+class SizedClient:
+    """Passes calls through; around each TransactWriteItems, adds up AWS's write units per item."""
+
+    def __init__(self, real: Any, probe: Any) -> None:
+        self._real, self._probe = real, probe
+        self.transactions = 0
+        self.refused = 0
+        self.items = 0
+        self.theory_wcu = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def _sizes(self, items: list[dict[str, Any]]) -> list[int]:
+        sizes = []
+        for item in items:
+            (body,) = item.values()
+            found = self._probe.get_item(TableName=body["TableName"], Key=body["Key"], ConsistentRead=True).get("Item")
+            sizes.append(item_size(found) if found else 0)
+        return sizes
+
+    def transact_write_items(self, **request: Any) -> Any:
+        items = request["TransactItems"]
+        before = self._sizes(items)
+        self.transactions += 1
+        try:
+            response = self._real.transact_write_items(**request)
+        except Exception:
+            self.refused += 1
+            raise
+        after = self._sizes(items)
+        self.items += len(items)
+        self.theory_wcu += sum(2 * kb_units(max(b, a)) for b, a in zip(before, after))
+        return response
+
+
+def zipf_accounts(count: int, s: float, rng: random.Random, draws: int) -> list[str]:
+    weights = [1 / (k**s) for k in range(1, count + 1)]
+    return rng.choices([f"acct-{k:03d}" for k in range(1, count + 1)], weights=weights, k=draws)
+
+
+def record(ledger: Ledger, accounts: int, writes: int, rng: random.Random) -> None:
+    keys = iter(range(10**9))
+
+    def caller() -> Caller:
+        return Caller("bench", f"k{next(keys)}")
+
+    for k in range(1, accounts + 1):
+        ledger.open_account(caller(), OpenAccountRequest(account_id=f"acct-{k:03d}", currency=CURRENCY, allow_overdraft=True))
+    picks = zipf_accounts(accounts, 1.2, rng, 2 * writes)
+    for n in range(writes):
+        source, target = picks[2 * n], picks[2 * n + 1]
+        amount = rng.randint(1, 10_000)
+        if n % 5 == 0 and source != target:
+            ledger.transfer(caller(), TransferRequest(from_account=source, to_account=target, amount=amount, currency=CURRENCY))
+        elif n % 2:
+            ledger.credit(caller(), source, MovementRequest(amount=amount, currency=CURRENCY))
+        else:
+            ledger.debit(caller(), source, MovementRequest(amount=amount, currency=CURRENCY))
+
+
+def all_events(ledger: Ledger) -> list:
+    events = [e for account in ledger.account_ids() for e in ledger.full_history(account)]
+    return sorted(events, key=lambda e: e.event_id)  # the stream's order, near enough
+
+
+def project(settings: Settings, client: Any, probe: Any, events: list, max_group: int) -> dict[str, Any]:
+    """Project `events` into the (fresh) balances table of `settings`; openings first, unmeasured.
+
+    Accounts are normally opened long before their traffic, so the burst of
+    openings at the start is projected as a warm-up and left out of the figures.
+    """
+    ensure_tables(client, settings)
+    openings = [e for e in events if e.type == "account.opened"]
+    events = [e for e in events if e.type != "account.opened"]
+    for start in range(0, len(openings), BATCH):
+        Projector(build_balance_store(settings, client)).project(openings[start : start + BATCH])
+    sized = SizedClient(client, probe)
+    meter = Meter(client, capacity=True)
+    store = build_balance_store(settings, sized)
+    projector = Projector(store, max_group=max_group)
+    groups: list[int] = []
+    windows: list[int] = []
+    started = time.perf_counter()
+    for start in range(0, len(events), BATCH):
+        batch = events[start : start + BATCH]
+        by_account = Counter(e.entity_id for e in batch)
+        if max_group > 1:
+            groups.extend(by_account.values())
+            for account in by_account:
+                windows.append(len({e.event_id[:8] for e in batch if e.entity_id == account}))
+        report = projector.project(batch)
+        assert not report.failed, report.failed
+    elapsed = time.perf_counter() - started
+    reported = sum(units for table, units in meter.units.items() if table.endswith("-ledger-balances"))
+    return {
+        "events": len(events),
+        "transactions": sized.transactions,
+        "refused": sized.refused,
+        "items": sized.items,
+        "theory": sized.theory_wcu,
+        "reported": reported,
+        "requests": meter.sends.get("TransactWriteItems", 0),
+        "groups": groups,
+        "windows": windows,
+        "seconds": elapsed,
+    }
+
+
+def print_units(results: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> None:
+    print(f"\n1. Write units per applied event: batches of {BATCH}, Zipf s=1.2 over the accounts, account openings excluded")
+    print(
+        f"   {'accounts':>8} {'events':>7} | {'grouped: tx/ev':>14} {'items/ev':>8} {'WCU/ev':>7} {'Local':>6} "
+        f"{'events/group':>12} {'windows/group':>13} {'singletons':>10} | {'1 tx/event: WCU/ev':>18} {'Local':>6}"
+    )
+    for accounts, grouped, single in results:
+        n = grouped["events"]
+        groups, windows = grouped["groups"], grouped["windows"]
+        print(
+            f"   {accounts:>8} {n:>7} | {grouped['transactions'] / n:>14.3f} {grouped['items'] / n:>8.3f} "
+            f"{grouped['theory'] / n:>7.2f} {grouped['reported'] / n:>6.2f} {statistics.mean(groups):>12.2f} "
+            f"{statistics.mean(windows):>13.2f} {sum(1 for g in groups if g == 1) / len(groups):>9.0%} | "
+            f"{single['theory'] / n:>18.2f} {single['reported'] / n:>6.2f}"
+        )
+        assert grouped["requests"] == grouped["transactions"] and not grouped["refused"] and not single["refused"]
+    print(
+        "   WCU/ev: AWS's rules on the exact items (2 per started KB per item in a transaction). Local: what DynamoDB\n"
+        "   Local reports (it undercounts transactions). A group writes one balance item plus one seen-set item per\n"
+        "   ~1 s window, so WCU/event ~ 2 x (1 + windows/group) / (events/group): a singleton costs 4, a group of 4\n"
+        "   in one window 1. One TransactWriteItems request per group; no transaction was refused."
+    )
+
+
+def measure_lag(settings: Settings, client: Any, seconds: float, rate: float, accounts: int) -> dict[str, Any]:
+    ensure_tables(client, settings)
+    ledger = build_ledger(settings, client)
+    store = build_balance_store(settings, client)
+    names = [f"lag-{k}" for k in range(accounts)]
+    for name in names:
+        ledger.open_account(Caller("lag", f"open-{name}"), OpenAccountRequest(account_id=name, currency=CURRENCY))
+    with tempfile.TemporaryDirectory() as scratch:
+        poller = StreamPoller(
+            streams_client(settings),
+            stream_arn_of(client, settings.tables.events),
+            build_stream_handler(settings, client),
+            checkpoint_path=Path(scratch) / "checkpoint.json",
+            dead_letter_path=Path(scratch) / "dead.jsonl",
+            config=_LOCAL_POLLER,
+            log=lambda _line: None,
+        )
+        thread, stop = poller.start_thread()
+        pending: list[tuple[str, int, float]] = []
+        lags: list[float] = []
+        lock = threading.Lock()
+        expected = Counter({name: 1 for name in names})  # the opening
+        done = threading.Event()
+
+        def watch() -> None:
+            while not (done.is_set() and not pending):
+                with lock:
+                    waiting = list(pending)
+                for account, count, returned in waiting:
+                    view = store.get(account, consistent=True)
+                    if view and view.event_count >= count:
+                        lags.append(time.perf_counter() - returned)
+                        with lock:
+                            pending.remove((account, count, returned))
+                time.sleep(0.005)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        rng = random.Random(3)
+        interval, n = 1 / rate, 0
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            account = rng.choice(names)
+            ledger.credit(Caller("lag", f"c{n}"), account, MovementRequest(amount=1, currency=CURRENCY))
+            expected[account] += 1
+            with lock:
+                pending.append((account, expected[account], time.perf_counter()))
+            n += 1
+            time.sleep(interval)
+        done.set()
+        watcher.join(timeout=60)
+        stop.set()
+        thread.join(timeout=15)
+    lags.sort()
+    return {"writes": n, "lags": lags}
+
+
+def print_lag(result: dict[str, Any], rate: float) -> None:
+    lags = result["lags"]
+    p = lambda q: lags[min(len(lags) - 1, int(q * len(lags)))] * 1000  # noqa: E731
+    config = _LOCAL_POLLER
+    print(f"\n2. Local lag, write returned -> balance shows it ({result['writes']} credits at {rate:.0f}/s)")
+    print(
+        f"   poller: batch {config.batch_size}, batching window {config.batching_window_seconds} s, "
+        f"idle sleep {config.idle_sleep_seconds} s"
+    )
+    print(f"   p50 {p(0.50):.0f} ms   p99 {p(0.99):.0f} ms   max {lags[-1] * 1000:.0f} ms   (seen {len(lags)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1500, help="writes per account mix (transfers add a second event)")
+    parser.add_argument("--accounts", default="50,200,1000", help="account counts to compare, comma-separated")
+    parser.add_argument("--lag-seconds", type=float, default=8.0)
+    parser.add_argument("--lag-rate", type=float, default=20.0, help="credits per second during the lag run")
+    args = parser.parse_args()
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    ensure_installed()
+    with DynamoDBLocal() as database:
+        def settings(stage: str) -> Settings:
+            return Settings(stage=stage, endpoint_url=database.endpoint_url)
+
+        client = dynamodb_client(settings("bench"))
+        probe = dynamodb_client(settings("bench"))
+        results = []
+        for accounts in (int(a) for a in args.accounts.split(",")):
+            source = settings(f"mix{accounts}")
+            ensure_tables(client, source)
+            ledger = build_ledger(source, client)
+            started = time.perf_counter()
+            record(ledger, accounts, args.events, random.Random(42))
+            events = all_events(ledger)
+            print(f"recorded {len(events)} events on {accounts} accounts in {time.perf_counter() - started:.1f} s", flush=True)
+            grouped = project(source, client, probe, events, max_group=50)
+            single = project(settings(f"single{accounts}"), client, probe, events, max_group=1)
+            results.append((accounts, grouped, single))
+        print_units(results)
+        print_lag(measure_lag(settings("lag"), client, args.lag_seconds, args.lag_rate, 20), args.lag_rate)
+
+
+if __name__ == "__main__":
+    main()
