@@ -16,13 +16,14 @@ from aws_lambda_powertools import Logger
 from chalice import Chalice, Response
 from chalice.app import Request
 
+from audit.timeline import Timeline
 from ledger import errors
 from ledger.bootstrap import build_ledger
 from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest
 from ledger.config import Settings
 from ledger.events import Event
 from ledger.ids import parse_rfc3339
-from ledger.service import DEFAULT_PAGE, Ledger, Outcome
+from ledger.service import DEFAULT_PAGE, MAX_PAGE, Ledger, Outcome
 from projections.bootstrap import build_balance_store
 from projections.queries import BalanceQueries
 from projections.store import BalanceStore
@@ -164,6 +165,19 @@ def account_events(account_id: str) -> Response:
         order=order,  # type: ignore[arg-type]
     )
     return _json(200, {"account_id": account_id, "events": _events(page.events), "next_cursor": page.next_cursor})
+
+
+@route("/events", methods=["GET"])
+def timeline() -> Response:
+    params = query_params(app.current_request, {"limit", "cursor", "from", "to"})
+    start, end = _time_param(params, "from"), _time_param(params, "to")
+    if start is None or end is None:
+        raise errors.InvalidQuery("from and to are required: the window, in RFC 3339 times with a zone")
+    limit = _int_param(params, "limit", DEFAULT_PAGE)
+    if not 1 <= limit <= MAX_PAGE:
+        raise errors.InvalidQuery(f"limit must be between 1 and {MAX_PAGE}")
+    page = Timeline(current_ledger().store).page(start, end, limit, params.get("cursor"))
+    return _json(200, {"events": _events(page.events), "next_cursor": page.next_cursor})
 
 
 def _int_param(params: dict[str, str], name: str, default: int) -> int:

@@ -235,6 +235,11 @@ class Ledger:
 
     # -- reads ------------------------------------------------------------------
 
+    @property
+    def store(self) -> EventStore:
+        """The event store, for read models (the auditor's timeline) that query the log directly."""
+        return self._store
+
     def get_account(self, account_id: str) -> Account:
         check_account_id(account_id)
         account = self._store.get_account(account_id)

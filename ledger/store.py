@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from . import errors
 from .accounts import Account
 from .events import Event, parse_event
-from .schema import IDEMPOTENCY_TTL_ATTRIBUTE, TIME_BUCKET_SHARDS, TRANSACTION_INDEX, LedgerTables
+from .schema import IDEMPOTENCY_TTL_ATTRIBUTE, TIME_BUCKET_INDEX, TIME_BUCKET_SHARDS, TRANSACTION_INDEX, LedgerTables
 
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
@@ -385,6 +385,21 @@ class EventStore:
         for item in self._query(request, want=limit + 1):
             found.append(event_from_item(item))
         return found[:limit], len(found) > limit
+
+    def time_bucket_events(self, bucket: str, low: str, high: str, page_size: int = 200) -> Iterator[Event]:
+        """The events of one time bucket with ids in [low, high], in id order, read lazily page by page.
+
+        Index reads are eventually consistent: the newest events may not be there yet.
+        """
+        request = {
+            "TableName": self._tables.events,
+            "IndexName": TIME_BUCKET_INDEX,
+            "KeyConditionExpression": "time_bucket = :bucket AND event_id BETWEEN :low AND :high",
+            "ExpressionAttributeValues": {":bucket": {"S": bucket}, ":low": {"S": low}, ":high": {"S": high}},
+            "Limit": page_size,
+        }
+        for item in self._query(request):
+            yield event_from_item(item)
 
     def transaction_events(self, transaction_id: str) -> list[Event]:
         """Every leg of a transaction, in event id order (through the transaction index)."""
