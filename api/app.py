@@ -19,7 +19,7 @@ from chalice.app import Request
 from audit.timeline import Timeline
 from ledger import errors
 from ledger.bootstrap import build_ledger
-from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest
+from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest
 from ledger.config import Settings
 from ledger.events import Event
 from ledger.ids import parse_rfc3339
@@ -146,8 +146,23 @@ def transfer() -> Response:
 
 @route("/transactions/{transaction_id}", methods=["GET"])
 def get_transaction(transaction_id: str) -> Response:
-    events = current_ledger().transaction(transaction_id)
-    return _json(200, {"transaction_id": transaction_id, "events": _events(events)})
+    ledger = current_ledger()
+    events = ledger.transaction(transaction_id)
+    body: dict[str, Any] = {"transaction_id": transaction_id, "type": events[0].transaction_type}
+    if events[0].reverses:
+        body["reverses"] = events[0].reverses
+    reversed_by = ledger.reversed_by(transaction_id)
+    if reversed_by:
+        body["reversed_by"] = reversed_by
+    return _json(200, {**body, "events": _events(events)})
+
+
+@route("/transactions/{transaction_id}/reversal", methods=["POST"])
+def reverse_transaction(transaction_id: str) -> Response:
+    request = app.current_request
+    # The body is optional: no body (or `{}`) reverses with a default description.
+    body = parse_body(request, ReversalRequest) if request.raw_body else ReversalRequest()
+    return _written(current_ledger().reverse(caller(request), transaction_id, body))
 
 
 @route("/accounts/{account_id}/events", methods=["GET"])

@@ -29,6 +29,7 @@ STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
     errors.AccountNotOpen: 409,
     errors.IdempotencyInFlight: 409,
     errors.DuplicateEvent: 409,
+    errors.AlreadyReversed: 409,
     errors.PayloadTooLarge: 413,
     errors.WrongRegion: 421,
     errors.InvalidRequest: 422,
@@ -36,6 +37,7 @@ STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
     errors.CurrencyMismatch: 422,
     errors.InsufficientFunds: 422,
     errors.SameAccountTransfer: 422,
+    errors.NotReversible: 422,
     errors.StoreUnavailable: 503,
 }
 

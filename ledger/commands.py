@@ -90,6 +90,13 @@ class TransferRequest(_Request):
     metadata: Metadata = Field(default_factory=dict)
 
 
+class ReversalRequest(_Request):
+    """A reversal of a recorded transaction; the transaction comes from the path."""
+
+    description: Description | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
 def fingerprint(operation: str, target: str | None, request: BaseModel) -> str:
     """SHA-256 over the canonical JSON of what is asked: same meaning, same hash."""
     canonical = json.dumps(

@@ -159,3 +159,17 @@ class InvalidQuery(LedgerError):
 
     code = "invalid_query"
     title = "A query parameter is not valid"
+
+
+class AlreadyReversed(LedgerError):
+    """The transaction was reversed before; a transaction is reversed at most once."""
+
+    code = "already_reversed"
+    title = "The transaction is already reversed"
+
+
+class NotReversible(LedgerError):
+    """The transaction cannot be reversed (an account opening, or a reversal itself)."""
+
+    code = "not_reversible"
+    title = "The transaction cannot be reversed"

@@ -19,7 +19,7 @@ from .money import MAX_AMOUNT, MIN_AMOUNT
 SCHEMA_VERSION = 1
 
 Amount = Annotated[int, Field(strict=True, ge=MIN_AMOUNT, le=MAX_AMOUNT)]
-TransactionType = Literal["open", "credit", "debit", "transfer"]
+TransactionType = Literal["open", "credit", "debit", "transfer", "reversal"]
 
 
 class _Event(BaseModel):
@@ -36,6 +36,7 @@ class _Event(BaseModel):
     schema_version: int = SCHEMA_VERSION
     description: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    reverses: str | None = None  # on a reversal's legs: the transaction they negate
 
     @property
     def signed_amount(self) -> int:

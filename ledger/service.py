@@ -23,10 +23,10 @@ from typing import Literal
 
 from . import errors
 from .accounts import Account
-from .commands import MovementRequest, OpenAccountRequest, TransferRequest, fingerprint
+from .commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest, fingerprint
 from .events import AccountOpened, Credited, Debited, Event
 from .ids import format_rfc3339, is_account_id, is_ulid, new_ulid, time_range_bounds, ulid_time
-from .store import BalanceGuard, Commit, Contention, EventStore, IdempotencyRecord, KeyAlreadyUsed
+from .store import BalanceGuard, Commit, Contention, EventStore, IdempotencyRecord, KeyAlreadyUsed, ReversalMarker
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 1000
@@ -168,6 +168,37 @@ class Ledger:
         fp = fingerprint("transfer", None, request)
         return self._record_transaction(record_id, fp, transaction_id, "transfer", (debit, credit))
 
+    def reverse(self, caller: Caller, transaction_id: str, request: ReversalRequest) -> Outcome:
+        """Append events that negate every leg of a transaction; at most once per transaction.
+
+        The original events are never touched: each reversal leg names the original
+        in `reverses`, and a once-only marker (committed with the legs) lets
+        `transaction()` name the reversal. Overdraft and home-region rules apply to
+        the reversal's debits as to any other.
+        """
+        record_id = caller.record_id()
+        legs = self.transaction(transaction_id)
+        kind = legs[0].transaction_type
+        if kind in ("open", "reversal"):
+            what = "an account opening" if kind == "open" else "a reversal (record a new transaction instead)"
+            raise errors.NotReversible(f"transaction {transaction_id} is {what}", transaction_id=transaction_id)
+        reversal_id = new_ulid()
+        events: list[Event] = []
+        for leg in legs:
+            opposite = Debited if isinstance(leg, Credited) else Credited
+            fields = self._leg(caller, reversal_id, "reversal", leg.entity_id, leg)
+            fields.update(
+                description=request.description or f"reversal of {transaction_id}",
+                metadata=request.metadata,
+                reverses=transaction_id,
+                counterparty=getattr(leg, "counterparty", None),
+            )
+            events.append(opposite(**fields))
+        marker = ReversalMarker(transaction_id, reversal_id, events[0].recorded_at)
+        fp = fingerprint("reversal", transaction_id, request)
+        body_extra = {"reverses": transaction_id}
+        return self._record_transaction(record_id, fp, reversal_id, "reversal", tuple(events), marker, body_extra)
+
     def _leg(self, caller: Caller, transaction_id: str, kind: str, account_id: str, request) -> dict:
         event_id = new_ulid()
         return {
@@ -185,12 +216,21 @@ class Ledger:
         }
 
     def _record_transaction(
-        self, record_id: str, fp: str, transaction_id: str, kind: str, events: tuple[Event, ...]
+        self,
+        record_id: str,
+        fp: str,
+        transaction_id: str,
+        kind: str,
+        events: tuple[Event, ...],
+        reversal: ReversalMarker | None = None,
+        body_extra: dict | None = None,
     ) -> Outcome:
         guards = tuple(BalanceGuard(e.entity_id, e.currency, e.signed_amount) for e in events)
-        body = _json({"transaction_id": transaction_id, "type": kind, "events": [_event_json(e) for e in events]})
+        body = _json(
+            {"transaction_id": transaction_id, "type": kind, **(body_extra or {}), "events": [_event_json(e) for e in events]}
+        )
         headers = {"Location": f"/transactions/{transaction_id}"}
-        return self._record(record_id, fp, Commit(events=events, guards=guards), body, headers)
+        return self._record(record_id, fp, Commit(events=events, guards=guards, reversal=reversal), body, headers)
 
     def _record(self, record_id: str, fp: str, commit: Commit, body: str, headers: dict[str, str]) -> Outcome:
         now = self._clock()
@@ -208,6 +248,7 @@ class Ledger:
             idempotency=record,
             new_account=commit.new_account,
             guards=commit.guards,
+            reversal=commit.reversal,
             now_epoch=int(now.timestamp()),
             token=commit.events[0].event_id,
         )
@@ -262,6 +303,10 @@ class Ledger:
             if not more:
                 return
             after = events[-1].event_id
+
+    def reversed_by(self, transaction_id: str) -> str | None:
+        """The transaction that reversed this one, if it was reversed."""
+        return self._store.reversal_of(transaction_id)
 
     def transaction(self, transaction_id: str) -> list[Event]:
         if not is_ulid(transaction_id):

@@ -61,6 +61,25 @@ class BalanceGuard:
 
 
 @dataclass(frozen=True)
+class ReversalMarker:
+    """The once-only record that `original` was reversed by `reversal`.
+
+    It lives in the idempotency table (id `reversal#<original>`, no expiry): the
+    table of records that make something happen once. Its put-if-absent commits with
+    the reversal's events, so two reversals of one transaction cannot both land; the
+    accounts' home-region guards in the same transaction keep other regions out.
+    """
+
+    original: str
+    reversal: str
+    recorded_at: str
+
+    @property
+    def record_id(self) -> str:
+        return f"reversal#{self.original}"
+
+
+@dataclass(frozen=True)
 class Commit:
     """Everything one request writes; all of it lands or none of it does."""
 
@@ -68,6 +87,7 @@ class Commit:
     idempotency: IdempotencyRecord | None = None
     new_account: Account | None = None
     guards: tuple[BalanceGuard, ...] = ()
+    reversal: ReversalMarker | None = None
     now_epoch: int = 0
     token: str | None = None
 
@@ -187,6 +207,10 @@ class EventStore:
         plan = _Plan()
         if commit.idempotency is not None:
             plan.add(self._put_idempotency(commit.idempotency, commit.now_epoch), _Explainer(self._key_used, True))
+        if commit.reversal is not None:
+            # Before the guards: "already reversed" explains a refusal better than the
+            # overdraft the first reversal's debits caused.
+            plan.add(self._put_reversal(commit.reversal), _Explainer(lambda old, m=commit.reversal: self._reversed(m, old)))
         if commit.new_account is not None:
             account = commit.new_account
             plan.add(
@@ -211,6 +235,21 @@ class EventStore:
         for guard in commit.guards:
             plan.add(self._update_guard(guard), _Explainer(lambda old, g=guard: self._guard_refused(g, old)))
         return plan
+
+    def _put_reversal(self, marker: ReversalMarker) -> dict[str, Any]:
+        put = self._put_new(
+            self._tables.idempotency,
+            {"idempotency_id": marker.record_id, "reversal_transaction_id": marker.reversal, "recorded_at": marker.recorded_at},
+            "idempotency_id",
+        )
+        put["Put"]["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        return put
+
+    def _reversed(self, marker: ReversalMarker, old: dict[str, Any] | None) -> Exception:
+        by = deserialize(old).get("reversal_transaction_id") if old else self.reversal_of(marker.original)
+        return errors.AlreadyReversed(
+            f"transaction {marker.original} was reversed by {by}", transaction_id=marker.original, reversed_by=by
+        )
 
     def _put_new(self, table: str, data: dict[str, Any], key: str) -> dict[str, Any]:
         return {
@@ -339,6 +378,16 @@ class EventStore:
         )
         item = response.get("Item")
         return _record_from_item(item) if item else None
+
+    def reversal_of(self, transaction_id: str) -> str | None:
+        """The id of the transaction that reversed `transaction_id`, if any."""
+        response = self._client.get_item(
+            TableName=self._tables.idempotency,
+            Key={"idempotency_id": {"S": f"reversal#{transaction_id}"}},
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return item["reversal_transaction_id"]["S"] if item else None
 
     def get_account(self, account_id: str) -> Account | None:
         response = self._client.get_item(

@@ -148,7 +148,7 @@ def test_a_recorded_movement_can_be_read_back_as_its_transaction(api, open_accou
     response = api.get(written.headers["location"])
 
     assert response.status == 200
-    assert response.json == {"transaction_id": written.json["transaction_id"], "events": written.json["events"]}
+    assert response.json == {"transaction_id": written.json["transaction_id"], "type": "credit", "events": written.json["events"]}
 
 
 # -- transfers --------------------------------------------------------------------

@@ -171,7 +171,7 @@ def test_a_transaction_is_found_by_its_id(api, alice_events):
     response = api.get(f"/transactions/{credit['transaction_id']}")
 
     assert response.status == 200
-    assert response.json == {"transaction_id": credit["transaction_id"], "events": [credit]}
+    assert response.json == {"transaction_id": credit["transaction_id"], "type": "credit", "events": [credit]}
 
 
 def test_an_unknown_transaction_ulid_is_404(api, alice_events):

@@ -17,7 +17,7 @@ import pytest
 
 from ledger import errors
 from ledger.bootstrap import build_ledger
-from ledger.commands import MovementRequest, OpenAccountRequest
+from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest
 from ledger.config import Settings, dynamodb_client
 from ledger.service import Caller, Ledger, Outcome
 from runtime.tables import ensure_tables
@@ -84,3 +84,26 @@ def test_twenty_concurrent_debits_never_take_a_no_overdraft_account_below_zero(l
     assert balance >= 0
     assert balance == 700 - 100 * len(recorded)
     assert ledger.get_account("alice").available == balance
+
+
+def test_twenty_concurrent_reversals_of_one_transfer_record_exactly_one(ledger: Ledger) -> None:
+    for account in ("alice", "bob"):
+        ledger.open_account(Caller("tests", f"open-{account}"), OpenAccountRequest(account_id=account, currency="EUR"))
+    ledger.credit(Caller("tests", "fund"), "alice", MovementRequest(amount=1000, currency="EUR"))
+    transfer = ledger.transfer(
+        Caller("tests", "pay"), TransferRequest(from_account="alice", to_account="bob", amount=300, currency="EUR")
+    )
+    original = json.loads(transfer.body)["transaction_id"]
+
+    results = _race(lambda i: ledger.reverse(Caller("tests", f"reverse-{i}"), original, ReversalRequest()))
+
+    recorded = [r for r in results if isinstance(r, Outcome)]
+    refused = [r for r in results if isinstance(r, errors.LedgerError)]
+    assert len(recorded) == 1, results
+    assert {type(r) for r in refused} <= {errors.AlreadyReversed, errors.StoreUnavailable}, refused
+    reversal = json.loads(recorded[0].body)["transaction_id"]
+    assert ledger.reversed_by(original) == reversal
+    for account, balance in (("alice", 1000), ("bob", 0)):
+        events = _history(ledger, account)
+        assert sum(e.signed_amount for e in events) == balance
+        assert [e.transaction_id for e in events if e.reverses] == [reversal]
