@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import functools
 import json
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from aws_lambda_powertools import Logger
 from chalice import Chalice, Response
 from chalice.app import Request
 
+from audit.checkpoints import Checkpoints
 from audit.timeline import Timeline
 from ledger import errors
 from ledger.bootstrap import build_ledger
 from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest
 from ledger.config import Settings
 from ledger.events import Event
-from ledger.ids import parse_rfc3339
+from ledger.ids import format_rfc3339, parse_rfc3339, ulid_time
 from ledger.service import DEFAULT_PAGE, MAX_PAGE, Ledger, Outcome
 from projections.bootstrap import build_balance_store
 from projections.queries import BalanceQueries
@@ -119,11 +121,63 @@ def get_account(account_id: str) -> Response:
 
 @route("/accounts/{account_id}/balance", methods=["GET"])
 def get_balance(account_id: str) -> Response:
-    params = query_params(app.current_request, {"consistency"})
+    params = query_params(app.current_request, {"consistency", "at"})
+    if "at" in params:
+        if "consistency" in params:
+            raise errors.InvalidQuery("at reads the log itself; it takes no consistency")
+        return _json(200, _point_in_time(account_id, _required_past_time(params, "at")))
     consistency = params.get("consistency", "eventual")
     if consistency not in ("eventual", "strong"):
         raise errors.InvalidQuery("consistency is eventual (the projected view) or strong (a fold of the log)")
     return _json(200, current_balances().balance(account_id, consistency).to_json())  # type: ignore[arg-type]
+
+
+def _point_in_time(account_id: str, moment: datetime) -> dict[str, Any]:
+    ledger = current_ledger()
+    account = ledger.get_account(account_id)
+    fold = Checkpoints(ledger.store).fold_at(account_id, moment)
+    as_of = None
+    if fold.last_event_id:
+        as_of = {"event_id": fold.last_event_id, "recorded_at": format_rfc3339(ulid_time(fold.last_event_id))}
+    return {
+        "account_id": account_id,
+        "currency": account.currency,
+        "balance": fold.balance,
+        "credits": fold.credits,
+        "debits": fold.debits,
+        "event_count": fold.event_count,
+        "as_of": as_of,
+        "at": format_rfc3339(moment),
+    }
+
+
+@route("/accounts/{account_id}/digest", methods=["GET"])
+def get_digest(account_id: str) -> Response:
+    params = query_params(app.current_request, {"to"})
+    moment = _required_past_time(params, "to")
+    ledger = current_ledger()
+    ledger.get_account(account_id)
+    fold = Checkpoints(ledger.store).fold_at(account_id, moment)
+    return _json(
+        200,
+        {
+            "account_id": account_id,
+            "to": format_rfc3339(moment),
+            "event_count": fold.event_count,
+            "digest": fold.digest,
+            "last_event_id": fold.last_event_id,
+            "algorithm": "sha256-chain-v1",
+        },
+    )
+
+
+def _required_past_time(params: dict[str, str], name: str) -> datetime:
+    moment = _time_param(params, name)
+    if moment is None:
+        raise errors.InvalidQuery(f"{name} is required: an RFC 3339 time with a zone, such as 2026-11-22T10:00:00Z")
+    if moment > datetime.now(timezone.utc):
+        raise errors.InvalidQuery(f"{name} is in the future; the ledger cannot answer for it yet")
+    return moment
 
 
 @route("/accounts/{account_id}/credits", methods=["POST"])

@@ -2,7 +2,9 @@
 
 Events are append-only, keyed by account and ULID, with the stream on (new and old
 images, so a forbidden MODIFY or REMOVE reaches the projector with its evidence).
-Two indexes serve auditors: every leg of a transaction, and every event of a time
+The checkpoints table holds, per account and closed day, the fold and the digest
+of the log up to that day's end (`audit/checkpoints.py`): built from the log, never
+changed once written. Two indexes serve auditors: every leg of a transaction, and every event of a time
 bucket. The bucket key is `YYYY-MM-DD#NN`, a day plus one of `TIME_BUCKET_SHARDS`
 shards chosen from the event id, so one busy day spreads over several partitions.
 """
@@ -25,6 +27,7 @@ class LedgerTables:
     events: str
     accounts: str
     idempotency: str
+    checkpoints: str
 
     @classmethod
     def for_stage(cls, stage: str) -> LedgerTables:
@@ -32,6 +35,7 @@ class LedgerTables:
             events=f"{stage}-ledger-events",
             accounts=f"{stage}-ledger-accounts",
             idempotency=f"{stage}-ledger-idempotency",
+            checkpoints=f"{stage}-ledger-checkpoints",
         )
 
 
@@ -75,7 +79,16 @@ def table_definitions(tables: LedgerTables) -> list[dict[str, Any]]:
         "AttributeDefinitions": [{"AttributeName": "idempotency_id", "AttributeType": "S"}],
         "BillingMode": "PAY_PER_REQUEST",
     }
-    return [events, accounts, idempotency]
+    checkpoints = {
+        "TableName": tables.checkpoints,
+        "KeySchema": _keys(("account_id", "HASH"), ("period", "RANGE")),
+        "AttributeDefinitions": [
+            {"AttributeName": "account_id", "AttributeType": "S"},
+            {"AttributeName": "period", "AttributeType": "S"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+    return [events, accounts, idempotency, checkpoints]
 
 
 def time_to_live(tables: LedgerTables) -> dict[str, str]:

@@ -190,6 +190,14 @@ class EventStore:
         self._tables = tables
         self._region = region
 
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    @property
+    def tables(self) -> LedgerTables:
+        return self._tables
+
     # -- writes -----------------------------------------------------------------
 
     def commit(self, commit: Commit) -> None:

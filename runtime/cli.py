@@ -72,7 +72,69 @@ def build_parser() -> argparse.ArgumentParser:
     _endpoint_options(rebuild)
     rebuild.add_argument("--account", action="append", help="only this account (repeatable)")
     rebuild.set_defaults(handler=_rebuild)
+
+    audit = commands.add_parser("audit", help="checkpoints and digests of the event log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    close = audit_commands.add_parser("close", help="write the checkpoints of every closed day (run daily)")
+    _endpoint_options(close)
+    close.add_argument("--account", action="append", help="only this account (repeatable)")
+    close.add_argument("--until", type=_rfc3339, help="close days that ended before this time (default: an hour ago)")
+    close.set_defaults(handler=_audit_close)
+    check = audit_commands.add_parser("verify", help="replay the log against every stored checkpoint")
+    _endpoint_options(check)
+    check.add_argument("--account", action="append", help="only this account (repeatable)")
+    check.set_defaults(handler=_audit_verify)
     return parser
+
+
+def _rfc3339(text: str):
+    from ledger.ids import parse_rfc3339
+
+    try:
+        return parse_rfc3339(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time with a zone") from exc
+
+
+def _audit_close(args: argparse.Namespace) -> int:
+    from audit.checkpoints import Checkpoints
+    from ledger.bootstrap import build_ledger
+
+    from .progress import ProgressBar
+
+    ledger = build_ledger(settings_from(args), dynamodb_client(settings_from(args)))
+    checkpoints = Checkpoints(ledger.store)
+    accounts = args.account or sorted(ledger.account_ids())
+    progress = ProgressBar("close")
+    written = 0
+    for done, account_id in enumerate(accounts, 1):
+        written += checkpoints.close(account_id, args.until)
+        progress(done, len(accounts))
+    print(f"wrote {written} checkpoint(s) for {len(accounts)} account(s)")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from audit.checkpoints import Checkpoints
+    from audit.verify import verify_account
+    from ledger.bootstrap import build_ledger
+
+    from .progress import ProgressBar
+
+    ledger = build_ledger(settings_from(args), dynamodb_client(settings_from(args)))
+    checkpoints = Checkpoints(ledger.store)
+    accounts = args.account or sorted(ledger.account_ids())
+    progress = ProgressBar("verify")
+    findings = []
+    for done, account_id in enumerate(accounts, 1):
+        finding = verify_account(checkpoints, account_id, ledger.full_history(account_id))
+        if finding:
+            findings.append(finding)
+        progress(done, len(accounts))
+    for finding in findings:
+        print(f"TAMPERED {finding.describe()}")
+    print(f"{len(findings)} account(s) no longer match their checkpoints" if findings else "every checkpoint matches the log")
+    return 1 if findings else 0
 
 
 def _read_side(args: argparse.Namespace):

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import ulid
 
+from ledger.accounts import Account
 from ledger.events import AccountOpened, Credited, Debited, Event
 from ledger.ids import format_rfc3339
 from ledger.service import Ledger
@@ -38,8 +39,19 @@ def past_event(account: str, when: datetime, amount: int = 0, *, currency: str =
 
 
 def append(ledger: Ledger, events: list[Event]) -> None:
+    """Append each event; an opening also creates its account, as the service does."""
     for event in events:
-        ledger.store.commit(Commit(events=(event,)))
+        account = None
+        if isinstance(event, AccountOpened):
+            account = Account(
+                account_id=event.entity_id,
+                currency=event.currency,
+                allow_overdraft=True,
+                home_region=event.region,
+                opened_at=event.recorded_at,
+                opened_event_id=event.event_id,
+            )
+        ledger.store.commit(Commit(events=(event,), new_account=account))
 
 
 def at(seconds: float) -> datetime:
