@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--account", action="append", help="only this account (repeatable)")
     rebuild.set_defaults(handler=_rebuild)
 
+    export = commands.add_parser("export", help="stream events to a file (resumable), with a manifest")
+    _endpoint_options(export)
+    export.add_argument("--account", action="append", help="only this account (repeatable; default: every account)")
+    export.add_argument("--from", dest="start", type=_rfc3339, help="first instant, RFC 3339 (needed without --account)")
+    export.add_argument("--to", dest="end", type=_rfc3339, help="last instant, RFC 3339 (needed without --account)")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--out", type=Path, required=True, help="the file; run again with the same query to resume")
+    export.set_defaults(handler=_export)
+
     audit = commands.add_parser("audit", help="checkpoints and digests of the event log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     close = audit_commands.add_parser("close", help="write the checkpoints of every closed day (run daily)")
@@ -94,6 +103,41 @@ def _rfc3339(text: str):
         return parse_rfc3339(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time with a zone") from exc
+
+
+def _export(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from audit.checkpoints import Checkpoints
+    from audit.export import ExportError, Query, account_source, export
+    from audit.timeline import Timeline
+    from ledger.bootstrap import build_ledger
+
+    from .progress import ProgressCounter
+
+    ledger = build_ledger(settings_from(args), dynamodb_client(settings_from(args)))
+    accounts = tuple(sorted(set(args.account or ())))
+    if not accounts and (args.start is None or args.end is None):
+        print("ledger export: every account needs a window: give --from and --to (or --account)", file=sys.stderr)
+        return 2
+    query = Query(accounts, args.start, args.end, args.format)
+    if accounts:
+        source = account_source(ledger.store, accounts, args.start, args.end)
+    else:
+        source = lambda after: Timeline(ledger.store).events(args.start, args.end, after)  # noqa: E731
+    digest_before = None
+    if len(accounts) == 1 and args.format == "jsonl":  # the digest chain before the window, to continue it
+        digest_before = "0" * 64
+        if args.start is not None:
+            digest_before = Checkpoints(ledger.store).fold_at(accounts[0], args.start - timedelta(milliseconds=1)).digest
+    try:
+        manifest = export(source, query, args.out, ProgressCounter("export"), digest_before)
+    except ExportError as exc:
+        print(f"ledger export: {exc}", file=sys.stderr)
+        return 2
+    print(file=sys.stderr)  # end the progress line
+    print(f"exported {manifest['count']} event(s) to {args.out}, sha256 {manifest['sha256']}")
+    return 0
 
 
 def _audit_close(args: argparse.Namespace) -> int:
