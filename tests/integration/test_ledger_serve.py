@@ -34,8 +34,12 @@ def test_the_readme_tour_runs_against_a_real_server(served: Served) -> None:
     for code in ("insufficient_funds", "validation_error", "idempotency_key_missing", "idempotency_key_reused"):
         assert f'"code": "{code}"' in result.stdout
     history = served.get("/accounts/alice/events?limit=1000")["events"]
-    assert [e["type"] for e in history] == ["account.opened", "account.credited", "account.debited", "account.debited"]
-    assert sum(e.get("amount", 0) * (1 if e["type"] == "account.credited" else -1) for e in history) == 550
+    assert [e["type"] for e in history] == [
+        "account.opened", "account.credited", "account.debited", "account.debited", "account.credited",
+    ]  # fmt: skip
+    assert history[-1]["reverses"] == history[2]["transaction_id"]  # the coffee's reversal
+    assert sum(e.get("amount", 0) * (1 if e["type"] == "account.credited" else -1) for e in history) == 750
+    assert '"reversed_by"' in result.stdout and '"digest"' in result.stdout
 
 
 def test_the_ledger_survives_a_restart_and_stopping_leaves_no_process(served: Served, data_dir: Path) -> None:
