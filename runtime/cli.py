@@ -140,41 +140,41 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit_close(args: argparse.Namespace) -> int:
+def _for_each_account(args: argparse.Namespace, label: str, work) -> list:
+    """`work(checkpoints, ledger, account_id)` for `--account` or every account, with a progress bar."""
     from audit.checkpoints import Checkpoints
     from ledger.bootstrap import build_ledger
 
     from .progress import ProgressBar
 
-    ledger = build_ledger(settings_from(args), dynamodb_client(settings_from(args)))
+    settings = settings_from(args)
+    ledger = build_ledger(settings, dynamodb_client(settings))
     checkpoints = Checkpoints(ledger.store)
     accounts = args.account or sorted(ledger.account_ids())
-    progress = ProgressBar("close")
-    written = 0
+    progress = ProgressBar(label)
+    results = []
     for done, account_id in enumerate(accounts, 1):
-        written += checkpoints.close(account_id, args.until)
+        results.append(work(checkpoints, ledger, account_id))
         progress(done, len(accounts))
-    print(f"wrote {written} checkpoint(s) for {len(accounts)} account(s)")
+    return results
+
+
+def _audit_close(args: argparse.Namespace) -> int:
+    written = _for_each_account(args, "close", lambda checkpoints, _ledger, account: checkpoints.close(account, args.until))
+    print(f"wrote {sum(written)} checkpoint(s) for {len(written)} account(s)")
     return 0
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from audit.checkpoints import Checkpoints
     from audit.verify import verify_account
-    from ledger.bootstrap import build_ledger
 
-    from .progress import ProgressBar
-
-    ledger = build_ledger(settings_from(args), dynamodb_client(settings_from(args)))
-    checkpoints = Checkpoints(ledger.store)
-    accounts = args.account or sorted(ledger.account_ids())
-    progress = ProgressBar("verify")
-    findings = []
-    for done, account_id in enumerate(accounts, 1):
-        finding = verify_account(checkpoints, account_id, ledger.full_history(account_id))
-        if finding:
-            findings.append(finding)
-        progress(done, len(accounts))
+    findings = [
+        finding
+        for finding in _for_each_account(
+            args, "verify", lambda checkpoints, ledger, account: verify_account(checkpoints, account, ledger.full_history(account))
+        )
+        if finding
+    ]
     for finding in findings:
         print(f"TAMPERED {finding.describe()}")
     print(f"{len(findings)} account(s) no longer match their checkpoints" if findings else "every checkpoint matches the log")
