@@ -26,6 +26,7 @@ from .accounts import Account
 from .commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest, fingerprint
 from .events import AccountOpened, Credited, Debited, Event
 from .ids import format_rfc3339, is_account_id, is_ulid, new_ulid, time_range_bounds, ulid_time
+from .reversals import check_reversible, legs_complete, reversal_legs
 from .store import BalanceGuard, Commit, Contention, EventStore, IdempotencyRecord, KeyAlreadyUsed, ReversalMarker
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -173,31 +174,42 @@ class Ledger:
 
         The original events are never touched: each reversal leg names the original
         in `reverses`, and a once-only marker (committed with the legs) lets
-        `transaction()` name the reversal. Overdraft and home-region rules apply to
-        the reversal's debits as to any other.
+        `reversed_by()` name the reversal. Overdraft and home-region rules apply to
+        the reversal's legs as to any other movement. Openings and reversals are
+        refused (`NotReversible`); a transfer read from the index with one leg missing
+        is read again, then refused as retryable, never half reversed.
         """
         record_id = caller.record_id()
-        legs = self.transaction(transaction_id)
-        kind = legs[0].transaction_type
-        if kind in ("open", "reversal"):
-            what = "an account opening" if kind == "open" else "a reversal (record a new transaction instead)"
-            raise errors.NotReversible(f"transaction {transaction_id} is {what}", transaction_id=transaction_id)
+        legs = self._all_legs(transaction_id)
         reversal_id = new_ulid()
-        events: list[Event] = []
-        for leg in legs:
-            opposite = Debited if isinstance(leg, Credited) else Credited
-            fields = self._leg(caller, reversal_id, "reversal", leg.entity_id, leg)
-            fields.update(
-                description=request.description or f"reversal of {transaction_id}",
-                metadata=request.metadata,
-                reverses=transaction_id,
-                counterparty=getattr(leg, "counterparty", None),
-            )
-            events.append(opposite(**fields))
+        events = reversal_legs(
+            transaction_id,
+            legs,
+            reversal_id=reversal_id,
+            new_event_id=new_ulid,
+            region=self._region,
+            idempotency_key=caller.idempotency_key or "",
+            description=request.description,
+            metadata=request.metadata,
+        )
         marker = ReversalMarker(transaction_id, reversal_id, events[0].recorded_at)
         fp = fingerprint("reversal", transaction_id, request)
         body_extra = {"reverses": transaction_id}
-        return self._record_transaction(record_id, fp, reversal_id, "reversal", tuple(events), marker, body_extra)
+        return self._record_transaction(record_id, fp, reversal_id, "reversal", events, marker, body_extra)
+
+    def _all_legs(self, transaction_id: str) -> list[Event]:
+        """The transaction's legs once all are visible: the index may show a transfer half-propagated."""
+        for attempt in range(self._retry.attempts):
+            if attempt:
+                self._sleep(self._retry.delay(attempt))
+            legs = self.transaction(transaction_id)
+            check_reversible(transaction_id, legs)
+            if legs_complete(legs):
+                return legs
+        raise errors.StoreUnavailable(
+            f"not every leg of transaction {transaction_id} is readable yet; retry with the same Idempotency-Key",
+            transaction_id=transaction_id,
+        )
 
     def _leg(self, caller: Caller, transaction_id: str, kind: str, account_id: str, request) -> dict:
         event_id = new_ulid()

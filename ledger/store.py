@@ -68,6 +68,8 @@ class ReversalMarker:
     table of records that make something happen once. Its put-if-absent commits with
     the reversal's events, so two reversals of one transaction cannot both land; the
     accounts' home-region guards in the same transaction keep other regions out.
+    That holds while the accounts' home stays put: a marker written in the old home
+    and not yet replicated when the home moves does not stop the new home.
     """
 
     original: str
