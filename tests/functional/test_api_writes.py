@@ -54,6 +54,14 @@ def test_opening_an_account_answers_201_with_its_location_and_public_view(api):
     assert "available" not in body  # the write-path guard is not part of the public view
 
 
+def test_a_post_without_content_type_is_read_as_json(api):
+    """Chalice takes a missing Content-Type as JSON; the README says so."""
+    response = api.post("/accounts", {"account_id": "alice", "currency": "EUR"}, content_type=None)
+
+    assert response.status == 201, response.json
+    assert api.get("/accounts/alice").json["currency"] == "EUR"
+
+
 def test_an_opened_account_reads_back_as_it_was_answered(api):
     opened = api.post("/accounts", {"account_id": "alice", "currency": "GBP", "allow_overdraft": True})
 
