@@ -25,6 +25,8 @@ from ledger.schema import table_definitions
 from ledger.service import Ledger
 
 from api_client import Api
+from projections.bootstrap import build_balance_store
+from stream_support import Stage
 
 REGION = "us-east-1"
 _stages = itertools.count(1)
@@ -75,6 +77,25 @@ def ledger(settings: Settings, dynamodb: Any) -> Ledger:
 @pytest.fixture
 def api(ledger: Ledger) -> Iterator[Api]:
     use_ledger(ledger)
+    try:
+        with Client(app) as client:
+            yield Api(client)
+    finally:
+        use_ledger(None)
+
+
+@pytest.fixture
+def stage(moto_dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage]:
+    """A fresh stage with every table, balances and the events stream included; metrics not printed."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    with Stage(moto_dynamodb) as created:
+        yield created
+
+
+@pytest.fixture
+def projected_api(stage: Stage, moto_dynamodb: Any) -> Iterator[Api]:
+    """The app over `stage`, its balance route reading the stage's projected view."""
+    use_ledger(build_ledger(stage.settings, moto_dynamodb), build_balance_store(stage.settings, moto_dynamodb))
     try:
         with Client(app) as client:
             yield Api(client)

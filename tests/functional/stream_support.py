@@ -6,7 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+import boto3
+
 from ledger.config import Settings
+from projections.bootstrap import build_stream_handler
 from runtime.tables import all_definitions, ensure_tables
 
 REGION = "us-east-1"
@@ -52,3 +55,9 @@ def stream_records(client: Any, streams: Any, settings: Settings) -> list[dict[s
 
 def sequence_of(record: dict[str, Any]) -> str:
     return record["dynamodb"]["SequenceNumber"]
+
+
+def project_everything(stage: Stage, client: Any) -> None:
+    """Hand the whole stream, from the trim horizon, to the projector once; every record must apply."""
+    records = stream_records(client, boto3.client("dynamodbstreams", region_name=REGION), stage.settings)
+    assert build_stream_handler(stage.settings, client)({"Records": records}, None) == {"batchItemFailures": []}

@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
-from chalice.test import Client
 
-from api.app import app, use_ledger
 from api_client import Api
-from ledger.bootstrap import build_ledger
-from projections.bootstrap import build_balance_store, build_stream_handler
-from stream_support import REGION, Stage, stream_records
+from stream_support import Stage, project_everything
 
 FIELDS = {"account_id", "currency", "balance", "credits", "debits", "event_count", "as_of", "consistency"}
 
 
 @pytest.fixture
-def stage(moto_dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage]:
-    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
-    with Stage(moto_dynamodb) as created:
-        yield created
-
-
-@pytest.fixture
-def api(stage: Stage, moto_dynamodb: Any) -> Iterator[Api]:
-    use_ledger(build_ledger(stage.settings, moto_dynamodb), build_balance_store(stage.settings, moto_dynamodb))
-    try:
-        with Client(app) as client:
-            yield Api(client)
-    finally:
-        use_ledger(None)
-
-
-def project_everything(stage: Stage, client: Any) -> None:
-    records = stream_records(client, boto3.client("dynamodbstreams", region_name=REGION), stage.settings)
-    assert build_stream_handler(stage.settings, client)({"Records": records}, None) == {"batchItemFailures": []}
+def api(projected_api: Api) -> Api:
+    """Every test here reads balances: the app over the stage's projected view."""
+    return projected_api
 
 
 def open_and_move(api: Api) -> list[dict]:

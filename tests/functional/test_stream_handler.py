@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -34,13 +33,6 @@ BOB = (27, 27, 0, 3)  # opened, +7, +20 from alice
 @pytest.fixture(scope="module")
 def streams(moto_dynamodb: Any) -> Any:
     return boto3.client("dynamodbstreams", region_name=REGION)
-
-
-@pytest.fixture
-def stage(moto_dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage]:
-    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
-    with Stage(moto_dynamodb) as created:
-        yield created
 
 
 @pytest.fixture
