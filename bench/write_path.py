@@ -363,7 +363,7 @@ class RawRequests:
         self.account_id = account_id
         self.key = key
         assert self.event_id in self.template and self.transaction_id in self.template
-        assert self.record_id == f"{SCOPE}#{key}", (self.record_id, key)
+        assert self.record_id == f"key#{SCOPE}#{key}", (self.record_id, key)
 
     def make(self, account_id: str, key: str) -> dict[str, Any]:
         assert len(account_id) == len(self.account_id) and len(key) == len(self.key)  # same sizes

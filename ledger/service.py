@@ -48,7 +48,7 @@ class Caller:
             raise errors.IdempotencyKeyMissing("every write needs an Idempotency-Key header")
         if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= ch <= "~" for ch in key):
             raise errors.IdempotencyKeyInvalid(f"the key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
-        return f"{self.scope}#{key}"
+        return f"key#{self.scope}#{key}"  # its own prefix: no scope can reach `reversal#` markers
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import pytest
 from api.app import use_ledger
 from ledger import errors
 from ledger.bootstrap import build_ledger
-from ledger.commands import ReversalRequest
+from ledger.commands import MovementRequest, ReversalRequest
 from ledger.config import Settings
 from ledger.service import Caller, Outcome
 from stream_support import project_everything
@@ -163,7 +163,7 @@ def test_after_a_reversal_balances_and_accounts_are_as_before_the_original_and_t
         for item in (json.loads(i) for i in set(after[tables.idempotency]) - set(before_reversal[tables.idempotency]))
     }
     marker_id = f"reversal#{original['transaction_id']}"
-    assert set(added_records) == {"anonymous#undo-it", marker_id}
+    assert set(added_records) == {"key#anonymous#undo-it", marker_id}
     assert added_records[marker_id]["reversal_transaction_id"] == {"S": reversal.json["transaction_id"]}
     assert "expires_at" not in added_records[marker_id]  # once-only for good, not for a day
 
@@ -321,6 +321,18 @@ def test_a_malformed_transaction_id_is_400_and_changes_nothing(api, funded, tabl
 
 
 # -- concurrency ----------------------------------------------------------------------------
+
+
+def test_a_caller_whose_scope_and_key_spell_a_reversal_marker_cannot_block_the_reversal(api, funded, ledger):
+    """Caller records and once-only markers share a table; their ids must never meet."""
+    original = record(api, "/accounts/alice/debits", {"amount": 100, "currency": "EUR"})
+    lookalike = Caller("reversal", original["transaction_id"])  # a principal named "reversal"
+    assert ledger.credit(lookalike, "bob", MovementRequest(amount=5, currency="EUR")).status_code == 201
+
+    reversal = api.post(f"/transactions/{original['transaction_id']}/reversal", None)
+
+    assert reversal.status == 201, reversal.json
+    assert strong_balance(api, "alice") == 1000
 
 
 class TransactionsInTurn:

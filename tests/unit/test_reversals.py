@@ -217,7 +217,7 @@ def test_the_reversal_commit_carries_the_marker_and_a_guard_per_leg():
     reversal_id = commit.events[0].transaction_id
     assert commit.reversal == ReversalMarker(ORIGINAL, reversal_id, commit.events[0].recorded_at)
     assert commit.guards == (BalanceGuard("alice", "EUR", 250), BalanceGuard("bob", "EUR", -250))
-    assert commit.idempotency is not None and commit.idempotency.idempotency_id == "tests#undo"
+    assert commit.idempotency is not None and commit.idempotency.idempotency_id == "key#tests#undo"
 
 
 # -- the once-only marker in the store ------------------------------------------------------
@@ -238,7 +238,7 @@ class FakeClient:
 
 
 RECORD = IdempotencyRecord(
-    idempotency_id="tests#undo",
+    idempotency_id="key#tests#undo",
     request_hash="f" * 64,
     status_code=201,
     body="{}",

@@ -244,7 +244,7 @@ def test_keys_are_scoped_per_caller():
     other = ledger.credit(Caller("tenant-b", "shared"), "alice", MovementRequest(amount=7, currency="EUR"))
 
     assert other.replayed is False
-    assert sorted(store.records) == ["tenant-a#shared", "tenant-b#shared"]
+    assert sorted(store.records) == ["key#tenant-a#shared", "key#tenant-b#shared"]
 
 
 # -- refusals ---------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_the_recorded_response_is_the_response_returned_and_expires_after_the_tt
     (commit,) = store.landed
     record = commit.idempotency
     assert (record.status_code, record.body, record.headers) == (outcome.status_code, outcome.body, outcome.headers)
-    assert record.idempotency_id == "tests#k"
+    assert record.idempotency_id == "key#tests#k"
     assert record.expires_at == int((NOW + timedelta(hours=2)).timestamp())
     assert commit.now_epoch == int(NOW.timestamp())
 

@@ -87,7 +87,7 @@ def leg(cls, account_id: str, amount: int, event_id: str) -> Any:
 
 
 RECORD = IdempotencyRecord(
-    idempotency_id="anonymous#k",
+    idempotency_id="key#anonymous#k",
     request_hash="f" * 64,
     status_code=201,
     body='{"transaction_id":"01ARZ3NDEKTSV4RRFFQ69G5F00"}',
