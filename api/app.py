@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from aws_lambda_powertools import Logger
+from botocore.exceptions import BotoCoreError, ClientError
 from chalice import Chalice, Response
 from chalice.app import Request
 
@@ -81,10 +82,21 @@ def route(path: str, methods: list[str]) -> Callable[[Callable[..., Response]], 
                 return view(*args, **kwargs)
             except errors.LedgerError as error:
                 return problem_for(error)
+            except (BotoCoreError, ClientError) as failure:
+                # DynamoDB failed (throttled past botocore's retries, 5xx, unreachable, an
+                # unknown error): a fast, retryable 503, never a 500.
+                logger.exception("store failure", extra={"error_code": _error_code(failure)})
+                return problem_for(errors.StoreUnavailable("the ledger's store did not answer; retry with the same Idempotency-Key"))
 
         return app.route(path, methods=methods)(refusing)
 
     return register
+
+
+def _error_code(failure: Exception) -> str:
+    if isinstance(failure, ClientError):
+        return str(failure.response.get("Error", {}).get("Code", ""))
+    return type(failure).__name__
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -100,7 +112,7 @@ def _written(outcome: Outcome) -> Response:
     if outcome.replayed:
         headers["Idempotent-Replayed"] = "true"
     else:
-        logger.info("recorded", extra={"location": outcome.headers.get("Location")})
+        logger.info("recorded", extra={"resource": outcome.headers.get("Location")})  # `location` is Powertools' own key
     return Response(body=outcome.body, status_code=outcome.status_code, headers=headers)
 
 
@@ -221,7 +233,7 @@ def reverse_transaction(transaction_id: str) -> Response:
 
 @route("/accounts/{account_id}/events", methods=["GET"])
 def account_events(account_id: str) -> Response:
-    params = query_params(app.current_request, {"limit", "cursor", "from", "to", "order"})
+    params = query_params(app.current_request, {"limit", "cursor", "from", "to", "order", "after"})
     order = params.get("order", "asc")
     if order not in ("asc", "desc"):
         raise errors.InvalidQuery("order is asc or desc")
@@ -232,29 +244,31 @@ def account_events(account_id: str) -> Response:
         start=_time_param(params, "from"),
         end=_time_param(params, "to"),
         order=order,  # type: ignore[arg-type]
+        after=params.get("after"),
     )
-    return _json(200, {"account_id": account_id, "events": _events(page.events), "next_cursor": page.next_cursor})
+    body = {"account_id": account_id, "events": _events(page.events), "next_cursor": page.next_cursor}
+    return _json(200, {**body, "settled_until": page.settled_until})
 
 
 @route("/events", methods=["GET"])
 def timeline() -> Response:
     params = query_params(app.current_request, {"limit", "cursor", "from", "to"})
     start, end = _time_param(params, "from"), _time_param(params, "to")
-    if start is None or end is None:
-        raise errors.InvalidQuery("from and to are required: the window, in RFC 3339 times with a zone")
+    if start is None:
+        raise errors.InvalidQuery("from is required: the window's start, an RFC 3339 time with a zone (to defaults to the settled now)")
     limit = _int_param(params, "limit", DEFAULT_PAGE)
-    if not 1 <= limit <= MAX_PAGE:
-        raise errors.InvalidQuery(f"limit must be between 1 and {MAX_PAGE}")
-    page = Timeline(current_ledger().store).page(start, end, limit, params.get("cursor"))
-    return _json(200, {"events": _events(page.events), "next_cursor": page.next_cursor})
+    ledger = current_ledger()
+    page = Timeline(ledger.store, ledger.cursors).page(start, end, limit, params.get("cursor"))
+    body = {"events": _events(page.events), "next_cursor": page.next_cursor}
+    return _json(200, {**body, "settled_until": format_rfc3339(page.settled_until)})
 
 
 def _int_param(params: dict[str, str], name: str, default: int) -> int:
     value = params.get(name)
     if value is None:
         return default
-    if not (0 < len(value) <= 6 and value.isascii() and value.isdigit()):
-        raise errors.InvalidQuery(f"{name} must be a positive whole number")
+    if not (0 < len(value) <= 7 and value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_PAGE:
+        raise errors.InvalidQuery(f"{name} must be a whole number from 1 to {MAX_PAGE}")
     return int(value)
 
 

@@ -41,16 +41,22 @@ STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
     errors.StoreUnavailable: 503,
 }
 
-_RETRY_AFTER_SECONDS = {409: "1", 503: "1"}
+# Refusals that a retry of the very same request can turn into a success, and when to retry.
+RETRY_AFTER_SECONDS = {"idempotency_in_flight": "1", "store_unavailable": "1"}
+
+
+def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> str:
+    """The RFC 9457 document, compact JSON like every other body."""
+    body = {"type": f"urn:problem-type:dynamo-ledger:{code}", "title": title, "status": status, "detail": detail}
+    body.update({"code": code, **extra})
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
-    body = {"type": f"urn:problem-type:dynamo-ledger:{code}", "title": title, "status": status, "detail": detail}
-    body.update({"code": code, **extra})
     headers = {"Content-Type": PROBLEM_CONTENT_TYPE}
-    if status in _RETRY_AFTER_SECONDS and code in ("idempotency_in_flight", "store_unavailable"):
-        headers["Retry-After"] = _RETRY_AFTER_SECONDS[status]
-    return Response(body=json.dumps(body, ensure_ascii=False), status_code=status, headers=headers)
+    if code in RETRY_AFTER_SECONDS:
+        headers["Retry-After"] = RETRY_AFTER_SECONDS[code]
+    return Response(body=problem_body(status, code, title, detail, **extra), status_code=status, headers=headers)
 
 
 def problem_for(error: errors.LedgerError) -> Response:
@@ -58,21 +64,24 @@ def problem_for(error: errors.LedgerError) -> Response:
     return problem(status, error.code, error.title, error.detail, **error.extra)
 
 
+_CHALICE_PROBLEMS = {
+    "UnsupportedMediaType": ("unsupported_media_type", "The request body must be JSON"),
+    "MethodNotAllowedError": ("method_not_allowed", "The method is not allowed on this resource"),
+    "BadRequestError": ("malformed_request", "The request body is not a JSON object"),
+    "NotFoundError": ("not_found", "No such resource"),
+    "InternalServerError": ("internal_error", "Internal error"),
+}
+
+
 def problem_from_chalice(response: Response) -> Response:
     """Chalice's own refusals (415, 405, ...) in the same problem shape as ours."""
     body = response.body if isinstance(response.body, dict) else {}
     chalice_code = str(body.get("Code", "Error"))
-    code = {
-        "UnsupportedMediaType": "unsupported_media_type",
-        "MethodNotAllowedError": "method_not_allowed",
-        "BadRequestError": "malformed_request",
-        "NotFoundError": "not_found",
-        "InternalServerError": "internal_error",
-    }.get(chalice_code, "http_error")
+    code, title = _CHALICE_PROBLEMS.get(chalice_code, ("http_error", "The request was refused"))
     detail = str(body.get("Message", "the request was refused"))
     if code == "unsupported_media_type":
         detail += "; send Content-Type: application/json"
     extra_headers = {k: v for k, v in response.headers.items() if k.lower() == "allow"}
-    reply = problem(response.status_code, code, chalice_code, detail)
+    reply = problem(response.status_code, code, title, detail)
     reply.headers.update(extra_headers)
     return reply

@@ -1,37 +1,47 @@
-"""Every event of a time window across all accounts, in ULID order.
+"""Every event of a time window across all accounts, in ULID order, at a cost bounded by the page.
 
-The events table's `by_time_bucket` index is partitioned by `YYYY-MM-DD#NN`: the
-UTC day of the event's ULID and one of `TIME_BUCKET_SHARDS` shards, so a busy day
-is spread over several partitions and none is hot. A window is read day by day;
-within a day the shards are queried lazily, page by page, and merged in order, so
-a page of the timeline reads only what it returns (plus one look-ahead item per
-shard). Ties on the event id are broken by
-account, so `(event_id, entity_id)` is a total order and a resume point (ties need
-two regions to draw the same 80 random bits in one millisecond).
+The events table's `by_time` index is keyed by one of `TIME_SHARDS` shards drawn from
+the event id and sorted by event id. A window, whatever its length, is one range
+query per shard, merged in order: an empty year costs `TIME_SHARDS` requests, not a
+query per day and shard. A page asks each shard first for its share of the page
+(`limit / TIME_SHARDS`, plus one to look ahead), then refills only the shard the
+merge runs dry on, with what the page still lacks, so it reads little more than it
+returns however the events fall. An export reads each shard in large pages: its
+cost is linear in the events exported.
 
-Index reads are eventually consistent: an event recorded a moment ago may not be
-in the timeline yet. Auditors read closed windows; the per-account history reads
-the table itself, consistently.
+Ties on the event id are broken by account, so `(event_id, entity_id)` is a total
+order and a resume point (ties need two regions to draw the same 80 random bits in
+one millisecond).
+
+Index reads are eventually consistent, and a write commits a moment after its id
+was minted, so the newest events may not be in the index yet. Every page says up to
+when it is settled (`settled_until`, `SETTLE` before now): a reader that tails the
+timeline reads again from there (deduplicating by event id and account) and misses
+nothing.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import heapq
-import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from ledger import errors
+from ledger.cursors import CursorCodec
 from ledger.events import Event
-from ledger.ids import format_rfc3339, is_account_id, is_ulid, time_range_bounds, ulid_time
-from ledger.schema import TIME_BUCKET_SHARDS
+from ledger.ids import format_rfc3339, is_account_id, is_ulid, parse_rfc3339, time_range_bounds
+from ledger.schema import TIME_SHARDS
 from ledger.store import EventStore
 
 MAX_WINDOW = timedelta(days=366)
+MAX_QUERY_LIMIT = 1000
+# How long after its id's instant an event may still appear in the index: the write
+# path's time budget (a commit lands at most seconds after it minted its ids), clock
+# differences between writers, and the index's own propagation, with room to spare.
+SETTLE = timedelta(seconds=30)
 Position = tuple[str, str]  # (event_id, entity_id): the timeline's order
+Want = Callable[[bool], int]  # how many items to ask a shard for (first ask or a refill)
 
 
 def position_of(event: Event) -> Position:
@@ -42,62 +52,95 @@ def position_of(event: Event) -> Position:
 class TimelinePage:
     events: list[Event]
     next_cursor: str | None
+    settled_until: datetime
 
 
 class Timeline:
-    def __init__(self, store: EventStore, page_size: int = 200) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        cursors: CursorCodec,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
         self._store = store
-        self._page_size = page_size
+        self._cursors = cursors
+        self._clock = clock
+
+    def settled_until(self) -> datetime:
+        """Every event whose id is at or before this instant is in the index by now."""
+        return self._clock() - SETTLE
 
     def events(self, start: datetime, end: datetime, after: Position | None = None) -> Iterator[Event]:
-        """Every event recorded in [start, end] (inclusive, to the millisecond), after `after`."""
-        low, high = time_range_bounds(start, end)
-        if after is not None:
-            low = max(low, after[0])
-        day = start.astimezone(timezone.utc).date()
-        if after is not None:
-            day = max(day, ulid_time(after[0]).date())  # days before the resume point hold nothing after it
-        last_day = end.astimezone(timezone.utc).date()
-        while day <= last_day:
-            shards = [self._shard(f"{day.isoformat()}#{n:02d}", low, high) for n in range(TIME_BUCKET_SHARDS)]
-            for event in heapq.merge(*shards, key=position_of):
-                if after is None or position_of(event) > after:
-                    yield event
-            day += timedelta(days=1)
+        """Every event recorded in [start, end] (inclusive, to the millisecond), after `after`, in large pages."""
+        return self._merged(start, end, after, lambda _first: MAX_QUERY_LIMIT)
 
-    def page(self, start: datetime, end: datetime, limit: int, cursor: str | None = None) -> TimelinePage:
-        """One page of `events`, with a cursor bound to this window while more remain."""
+    def page(self, start: datetime, end: datetime | None, limit: int, cursor: str | None = None) -> TimelinePage:
+        """One page, with a cursor bound to this window while more remain.
+
+        `end` defaults to the settled now; a cursor of such a page carries its end, so
+        the next page is asked for without `to` as well.
+        """
+        settled = self.settled_until()
+        fields = self._cursors.open(cursor, {"w0", "w1", "e", "a"}) if cursor else None
+        if end is None:
+            end = _cursor_end(fields) if fields else settled
         if end < start:
             raise errors.InvalidQuery("from must not be after to")
         if end - start > MAX_WINDOW:
             raise errors.InvalidQuery("the window is at most 366 days; page through longer periods window by window")
         window = (format_rfc3339(start), format_rfc3339(end))
-        after = _read_cursor(cursor, window) if cursor else None
+        after = self._position(fields, window, start, end) if fields else None
         found: list[Event] = []
-        for event in self.events(start, end, after):
+
+        def want(first: bool) -> int:
+            lacking = limit + 1 - len(found)  # one more than the page, to know whether more remain
+            share = -(-lacking // TIME_SHARDS) + 1 if first else lacking
+            return max(2, min(share, MAX_QUERY_LIMIT))
+
+        for event in self._merged(start, end, after, want):
             found.append(event)
             if len(found) > limit:
                 break
         more = len(found) > limit
         found = found[:limit]
-        return TimelinePage(found, _write_cursor(window, position_of(found[-1])) if more else None)
+        next_cursor = self._write_cursor(window, position_of(found[-1])) if more else None
+        return TimelinePage(found, next_cursor, min(settled, end))
 
-    def _shard(self, bucket: str, low: str, high: str) -> Iterator[Event]:
-        return self._store.time_bucket_events(bucket, low, high, self._page_size)
+    def _merged(self, start: datetime, end: datetime, after: Position | None, want: Want) -> Iterator[Event]:
+        low, high = time_range_bounds(start, end)
+        if after is not None:
+            low = max(low, after[0])
+        shards = [self._shard(f"{n:02d}", low, high, want) for n in range(TIME_SHARDS)]
+        for event in heapq.merge(*shards, key=position_of):
+            if after is None or position_of(event) > after:
+                yield event
+
+    def _shard(self, shard: str, low: str, high: str, want: Want) -> Iterator[Event]:
+        resume: Position | None = None
+        first = True
+        while True:
+            events, resume = self._store.time_shard_events(shard, low, high, want(first), resume)
+            first = False
+            yield from events
+            if resume is None:
+                return
+
+    def _write_cursor(self, window: tuple[str, str], position: Position) -> str:
+        return self._cursors.seal({"w0": window[0], "w1": window[1], "e": position[0], "a": position[1]})
+
+    @staticmethod
+    def _position(fields: dict[str, str], window: tuple[str, str], start: datetime, end: datetime) -> Position:
+        """Where a cursor resumes, once it is known to be this window's."""
+        if (fields["w0"], fields["w1"]) != window:
+            raise errors.InvalidCursor("the cursor belongs to another query; repeat the same from and to")
+        low, high = time_range_bounds(start, end)
+        if not is_ulid(fields["e"]) or not is_account_id(fields["a"]) or not low <= fields["e"] <= high:
+            raise errors.InvalidCursor("the cursor points outside its window")
+        return (fields["e"], fields["a"])
 
 
-def _write_cursor(window: tuple[str, str], position: Position) -> str:
-    raw = json.dumps({"w": list(window), "e": position[0], "a": position[1]}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _read_cursor(cursor: str, window: tuple[str, str]) -> Position:
+def _cursor_end(fields: dict[str, str]) -> datetime:
     try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        position = (data["e"], data["a"])
-        same = tuple(data["w"]) == window
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise errors.InvalidCursor("the cursor is not one this service issued") from exc
-    if not same or not is_ulid(position[0]) or not is_account_id(position[1]):
-        raise errors.InvalidCursor("the cursor belongs to another query; repeat the same from and to")
-    return position
+        return parse_rfc3339(fields["w1"])
+    except ValueError as exc:
+        raise errors.InvalidCursor("the cursor's window is not readable") from exc

@@ -10,7 +10,7 @@ AccountStatus = Literal["open", "frozen", "closed"]
 
 
 class Account(BaseModel):
-    """An account as stored; `available` is the guard the write path keeps, not the read model."""
+    """An account as stored; `available` and `last_event_id` are the write path's guards, not the read model."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -24,7 +24,10 @@ class Account(BaseModel):
     opened_at: str
     opened_event_id: str
     available: int = 0
+    # The newest event committed on this account in its home region. Every guarded write
+    # checks that its event id is greater and sets it, so id order is commit order.
+    last_event_id: str | None = None
 
     def public(self) -> dict:
         """The account as the API shows it."""
-        return self.model_dump(exclude={"available"})
+        return self.model_dump(exclude={"available", "last_event_id"})

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import boto3
 from botocore.config import Config
 
+from .cursors import development_key
 from .schema import LedgerTables
 
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -27,6 +28,7 @@ class Settings:
     region: str = "us-east-1"
     endpoint_url: str | None = None
     idempotency_ttl_seconds: int = 24 * 3600
+    cursor_secret: str | None = None
     tables: LedgerTables = field(init=False)
 
     def __post_init__(self) -> None:
@@ -34,29 +36,47 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """LEDGER_STAGE, LEDGER_REGION (else AWS_REGION), LEDGER_ENDPOINT_URL, LEDGER_IDEMPOTENCY_TTL_SECONDS."""
+        """LEDGER_STAGE, LEDGER_REGION (else AWS_REGION), LEDGER_ENDPOINT_URL, LEDGER_IDEMPOTENCY_TTL_SECONDS, LEDGER_CURSOR_SECRET."""
         env = os.environ if environ is None else environ
         return cls(
             stage=env.get("LEDGER_STAGE", "dev"),
             region=env.get("LEDGER_REGION") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             endpoint_url=env.get("LEDGER_ENDPOINT_URL") or None,
             idempotency_ttl_seconds=int(env.get("LEDGER_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)),
+            cursor_secret=env.get("LEDGER_CURSOR_SECRET") or None,
         )
+
+    @property
+    def cursor_key(self) -> bytes:
+        """The key that signs pagination cursors (a public development key when none is set)."""
+        return self.cursor_secret.encode() if self.cursor_secret else development_key(self.stage)
 
     @property
     def is_local_endpoint(self) -> bool:
         return bool(self.endpoint_url) and urlparse(self.endpoint_url).hostname in _LOOPBACK_HOSTS
 
 
-def dynamodb_client(settings: Settings):
+# The request path's budget. botocore is the one retry layer for throttling, 5xx and
+# dropped connections: 3 attempts, its backoff (at most 1 s, then 2 s, for throttling),
+# and short timeouts, so a dead or hung DynamoDB is a 503 in well under API Gateway's
+# 29 s: at worst 3 x (1 s connect + 2 s read) + 3 s of backoff.
+REQUEST_PATH = Config(
+    retries={"mode": "standard", "total_max_attempts": 3},
+    connect_timeout=1,
+    read_timeout=2,
+    max_pool_connections=64,
+)
+# Operators' commands (rebuild, verify, export) scan and fold whole logs: more patience.
+OPERATOR = Config(retries={"mode": "standard", "total_max_attempts": 5}, connect_timeout=2, read_timeout=10, max_pool_connections=16)
+
+
+def dynamodb_client(settings: Settings, config: Config = REQUEST_PATH):
     """A DynamoDB client for these settings.
 
     A loopback endpoint (DynamoDB Local, moto) gets placeholder credentials when the
     environment has none: those servers accept any, and a new user has none set.
     """
-    return _client(
-        "dynamodb", settings, Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=64)
-    )
+    return _client("dynamodb", settings, config)
 
 
 def streams_client(settings: Settings):

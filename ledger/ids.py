@@ -9,6 +9,7 @@ strictly increasing within one process even inside one millisecond; plain
 
 from __future__ import annotations
 
+import random
 import re
 import threading
 from datetime import datetime, timedelta, timezone
@@ -33,6 +34,19 @@ def new_ulid() -> str:
     """A new ULID, greater than every ULID this process made before (same clock)."""
     with _MONOTONIC_LOCK:
         return _MONOTONIC.new().str
+
+
+def new_ulid_after(floor: str | None) -> str:
+    """A new ULID greater than `floor` (an id another process, maybe with a faster clock, minted).
+
+    Normally just `new_ulid()`; when this clock is behind `floor`, the id takes the
+    floor's millisecond and a random step above its randomness, so it sorts after it.
+    """
+    fresh = new_ulid()
+    if floor is None or fresh > floor:
+        return fresh
+    above = int(ulid.parse(floor)) + 1 + random.getrandbits(32)
+    return ulid.from_int(min(above, 2**128 - 1)).str
 
 
 def is_ulid(value: str) -> bool:
@@ -83,4 +97,6 @@ def parse_rfc3339(value: str) -> datetime:
 
 def format_rfc3339(moment: datetime) -> str:
     """UTC, millisecond precision, `Z` suffix: the one spelling the ledger writes."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    utc = moment.astimezone(timezone.utc)
+    # strftime's %Y does not pad years before 1000 on every platform; RFC 3339 needs four digits.
+    return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"

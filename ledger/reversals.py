@@ -53,7 +53,7 @@ def reversal_legs(
     legs: Sequence[Event],
     *,
     reversal_id: str,
-    new_event_id: Callable[[], str],
+    new_event_id: Callable[[str], str],
     region: str,
     idempotency_key: str,
     description: str | None,
@@ -67,7 +67,7 @@ def reversal_legs(
                 f"transaction {transaction_id} has a leg that moves no money", transaction_id=transaction_id
             )
         opposite = Debited if isinstance(leg, Credited) else Credited
-        event_id = new_event_id()
+        event_id = new_event_id(leg.entity_id)
         reversed_legs.append(
             opposite(
                 entity_id=leg.entity_id,

@@ -11,23 +11,22 @@ of a commit that in fact landed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from . import errors
 from .accounts import Account
+from .cursors import CursorCodec, development_key
 from .commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest, fingerprint
 from .events import AccountOpened, Credited, Debited, Event
-from .ids import format_rfc3339, is_account_id, is_ulid, new_ulid, time_range_bounds, ulid_time
+from .ids import format_rfc3339, is_account_id, is_ulid, new_ulid, new_ulid_after, time_range_bounds, ulid_time
 from .reversals import check_reversible, legs_complete, reversal_legs
-from .store import BalanceGuard, Commit, Contention, EventStore, IdempotencyRecord, KeyAlreadyUsed, ReversalMarker
+from .store import BalanceGuard, Commit, Contention, EventStore, IdempotencyRecord, KeyAlreadyUsed, OutOfOrder, ReversalMarker
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 1000
@@ -65,18 +64,47 @@ class Outcome:
 class HistoryPage:
     events: list[Event]
     next_cursor: str | None
+    settled_until: str | None  # the account's newest committed event: the page is complete up to it
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff for throttling and conflicts: full jitter, capped."""
+    """Backoff for cancelled transactions: full jitter, capped, within a time budget.
+
+    The budget keeps a write's answer inside API Gateway's 29 s (and a client's
+    patience): what is still contended after it is a retryable 503.
+    """
 
     attempts: int = 6
     base_seconds: float = 0.02
     cap_seconds: float = 0.5
+    budget_seconds: float = 5.0
+    max_remints: int = 50  # fresh ids after a newer event committed first; each costs one round trip
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0, min(self.cap_seconds, self.base_seconds * 2**attempt))
+
+
+class Minter:
+    """Mints event ids per account, above the newest id the account is known to hold."""
+
+    def __init__(self) -> None:
+        self._floors: dict[str, str] = {}
+
+    def __call__(self, account_id: str) -> str:
+        return new_ulid_after(self._floors.get(account_id))
+
+    def raise_floor(self, account_id: str, newest: str) -> None:
+        self._floors[account_id] = max(newest, self._floors.get(account_id, newest))
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A write decided in full (events, guards, the response), before its idempotency record."""
+
+    commit: Commit
+    body: str
+    headers: dict[str, str]
 
 
 def _json(data: object) -> str:
@@ -99,6 +127,8 @@ class Ledger:
         retry: RetryPolicy = RetryPolicy(),
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        cursors: CursorCodec | None = None,
     ) -> None:
         self._store = store
         self._region = region
@@ -106,38 +136,43 @@ class Ledger:
         self._retry = retry
         self._clock = clock
         self._sleep = sleep
+        self._monotonic = monotonic
+        self._cursors = cursors or CursorCodec(development_key("dev"))
 
     # -- writes -----------------------------------------------------------------
 
     def open_account(self, caller: Caller, request: OpenAccountRequest) -> Outcome:
         record_id = caller.record_id()
-        event_id = new_ulid()
-        opened_at = format_rfc3339(ulid_time(event_id))
-        event = AccountOpened(
-            entity_id=request.account_id,
-            event_id=event_id,
-            transaction_id=event_id,
-            transaction_type="open",
-            currency=request.currency,
-            allow_overdraft=request.allow_overdraft,
-            recorded_at=opened_at,
-            region=self._region,
-            idempotency_key=caller.idempotency_key or "",
-            metadata=request.metadata,
-        )
-        account = Account(
-            account_id=request.account_id,
-            currency=request.currency,
-            allow_overdraft=request.allow_overdraft,
-            metadata=request.metadata,
-            home_region=self._region,
-            opened_at=opened_at,
-            opened_event_id=event_id,
-        )
-        body = _json(account.public())
-        headers = {"Location": f"/accounts/{request.account_id}"}
-        commit = Commit(events=(event,), new_account=account)
-        return self._record(record_id, fingerprint("open_account", None, request), commit, body, headers)
+
+        def draft(mint: Minter) -> Draft:
+            event_id = mint(request.account_id)
+            opened_at = format_rfc3339(ulid_time(event_id))
+            event = AccountOpened(
+                entity_id=request.account_id,
+                event_id=event_id,
+                transaction_id=event_id,
+                transaction_type="open",
+                currency=request.currency,
+                allow_overdraft=request.allow_overdraft,
+                recorded_at=opened_at,
+                region=self._region,
+                idempotency_key=caller.idempotency_key or "",
+                metadata=request.metadata,
+            )
+            account = Account(
+                account_id=request.account_id,
+                currency=request.currency,
+                allow_overdraft=request.allow_overdraft,
+                metadata=request.metadata,
+                home_region=self._region,
+                opened_at=opened_at,
+                opened_event_id=event_id,
+                last_event_id=event_id,
+            )
+            body = _json(account.public())
+            return Draft(Commit(events=(event,), new_account=account), body, {"Location": f"/accounts/{request.account_id}"})
+
+        return self._record(record_id, fingerprint("open_account", None, request), draft)
 
     def credit(self, caller: Caller, account_id: str, request: MovementRequest) -> Outcome:
         return self._movement(caller, "credit", account_id, request)
@@ -148,26 +183,33 @@ class Ledger:
     def _movement(self, caller: Caller, kind: Literal["credit", "debit"], account_id: str, request: MovementRequest) -> Outcome:
         check_account_id(account_id)
         record_id = caller.record_id()
-        transaction_id = new_ulid()
         event_class = Credited if kind == "credit" else Debited
-        event = event_class(**self._leg(caller, transaction_id, kind, account_id, request))
-        return self._record_transaction(record_id, fingerprint(kind, account_id, request), transaction_id, kind, (event,))
+
+        def draft(mint: Minter) -> Draft:
+            transaction_id = new_ulid()
+            event = event_class(**self._leg(caller, transaction_id, kind, account_id, request, mint(account_id)))
+            return self._transaction_draft(transaction_id, kind, (event,))
+
+        return self._record(record_id, fingerprint(kind, account_id, request), draft)
 
     def transfer(self, caller: Caller, request: TransferRequest) -> Outcome:
         record_id = caller.record_id()
         if request.from_account == request.to_account:
             raise errors.SameAccountTransfer("from_account and to_account must differ")
-        transaction_id = new_ulid()
-        debit = Debited(
-            **self._leg(caller, transaction_id, "transfer", request.from_account, request),
-            counterparty=request.to_account,
-        )
-        credit = Credited(
-            **self._leg(caller, transaction_id, "transfer", request.to_account, request),
-            counterparty=request.from_account,
-        )
-        fp = fingerprint("transfer", None, request)
-        return self._record_transaction(record_id, fp, transaction_id, "transfer", (debit, credit))
+
+        def draft(mint: Minter) -> Draft:
+            transaction_id = new_ulid()
+            debit = Debited(
+                **self._leg(caller, transaction_id, "transfer", request.from_account, request, mint(request.from_account)),
+                counterparty=request.to_account,
+            )
+            credit = Credited(
+                **self._leg(caller, transaction_id, "transfer", request.to_account, request, mint(request.to_account)),
+                counterparty=request.from_account,
+            )
+            return self._transaction_draft(transaction_id, "transfer", (debit, credit))
+
+        return self._record(record_id, fingerprint("transfer", None, request), draft)
 
     def reverse(self, caller: Caller, transaction_id: str, request: ReversalRequest) -> Outcome:
         """Append events that negate every leg of a transaction; at most once per transaction.
@@ -181,21 +223,23 @@ class Ledger:
         """
         record_id = caller.record_id()
         legs = self._all_legs(transaction_id)
-        reversal_id = new_ulid()
-        events = reversal_legs(
-            transaction_id,
-            legs,
-            reversal_id=reversal_id,
-            new_event_id=new_ulid,
-            region=self._region,
-            idempotency_key=caller.idempotency_key or "",
-            description=request.description,
-            metadata=request.metadata,
-        )
-        marker = ReversalMarker(transaction_id, reversal_id, events[0].recorded_at)
-        fp = fingerprint("reversal", transaction_id, request)
-        body_extra = {"reverses": transaction_id}
-        return self._record_transaction(record_id, fp, reversal_id, "reversal", events, marker, body_extra)
+
+        def draft(mint: Minter) -> Draft:
+            reversal_id = new_ulid()
+            events = reversal_legs(
+                transaction_id,
+                legs,
+                reversal_id=reversal_id,
+                new_event_id=mint,
+                region=self._region,
+                idempotency_key=caller.idempotency_key or "",
+                description=request.description,
+                metadata=request.metadata,
+            )
+            marker = ReversalMarker(transaction_id, reversal_id, events[0].recorded_at)
+            return self._transaction_draft(reversal_id, "reversal", events, marker, {"reverses": transaction_id})
+
+        return self._record(record_id, fingerprint("reversal", transaction_id, request), draft)
 
     def _all_legs(self, transaction_id: str) -> list[Event]:
         """The transaction's legs once all are visible: the index may show a transfer half-propagated."""
@@ -211,8 +255,7 @@ class Ledger:
             transaction_id=transaction_id,
         )
 
-    def _leg(self, caller: Caller, transaction_id: str, kind: str, account_id: str, request) -> dict:
-        event_id = new_ulid()
+    def _leg(self, caller: Caller, transaction_id: str, kind: str, account_id: str, request, event_id: str) -> dict:
         return {
             "entity_id": account_id,
             "event_id": event_id,
@@ -227,66 +270,90 @@ class Ledger:
             "metadata": request.metadata,
         }
 
-    def _record_transaction(
+    def _transaction_draft(
         self,
-        record_id: str,
-        fp: str,
         transaction_id: str,
         kind: str,
         events: tuple[Event, ...],
         reversal: ReversalMarker | None = None,
         body_extra: dict | None = None,
-    ) -> Outcome:
-        guards = tuple(BalanceGuard(e.entity_id, e.currency, e.signed_amount) for e in events)
+    ) -> Draft:
+        guards = tuple(BalanceGuard(e.entity_id, e.currency, e.signed_amount, e.event_id) for e in events)
         body = _json(
             {"transaction_id": transaction_id, "type": kind, **(body_extra or {}), "events": [_event_json(e) for e in events]}
         )
         headers = {"Location": f"/transactions/{transaction_id}"}
-        return self._record(record_id, fp, Commit(events=events, guards=guards, reversal=reversal), body, headers)
+        return Draft(Commit(events=events, guards=guards, reversal=reversal), body, headers)
 
-    def _record(self, record_id: str, fp: str, commit: Commit, body: str, headers: dict[str, str]) -> Outcome:
+    def _record(self, record_id: str, fp: str, draft: Callable[[Minter], Draft]) -> Outcome:
+        """Commit the drafted write once; replay or refuse a used key; retry what DynamoDB cannot.
+
+        Two refusals are retried here and nowhere else: a transaction cancelled by a
+        concurrent one (`Contention`, which botocore does not retry), with jittered
+        backoff under the same ids and client token, within the time budget; and an
+        account that committed a newer event meanwhile (`OutOfOrder`), at once, with
+        the draft made again from fresh ids above it, so id order stays commit order.
+        Throttling and 5xx were retried by botocore already and end the request.
+        """
+        started = self._monotonic()
+        mint = Minter()
         now = self._clock()
-        record = IdempotencyRecord(
-            idempotency_id=record_id,
-            request_hash=fp,
-            status_code=201,
-            body=body,
-            headers=headers,
-            recorded_at=format_rfc3339(now),
-            expires_at=int((now + self._ttl).timestamp()),
-        )
-        commit = Commit(
-            events=commit.events,
-            idempotency=record,
-            new_account=commit.new_account,
-            guards=commit.guards,
-            reversal=commit.reversal,
-            now_epoch=int(now.timestamp()),
-            token=commit.events[0].event_id,
-        )
+        commit, record = self._sealed(draft(mint), record_id, fp, now)
         contention: Contention | None = None
-        for attempt in range(self._retry.attempts):
-            if attempt:
-                self._sleep(self._retry.delay(attempt))
+        attempt = remints = 0
+        while True:
             try:
                 self._store.commit(commit)
-                return Outcome(record.status_code, body, headers)
+                return Outcome(record.status_code, record.body, record.headers)
+            except OutOfOrder as late:
+                remints += 1
+                if remints > self._retry.max_remints:
+                    break
+                mint.raise_floor(late.account_id, late.newest)
+                commit, record = self._sealed(draft(mint), record_id, fp, now)
+                continue
             except KeyAlreadyUsed as used:
                 existing = used.record or self._store.get_idempotency_record(record_id)
-                if existing is None:  # expired and deleted in between: record afresh
-                    continue
-                if existing.request_hash != fp:
-                    raise errors.IdempotencyKeyReused(
-                        "this Idempotency-Key was used for a different request; use a new key"
-                    ) from used
-                return Outcome(existing.status_code, existing.body, existing.headers, replayed=True)
+                if existing is not None:
+                    if existing.request_hash != fp:
+                        raise errors.IdempotencyKeyReused(
+                            "this Idempotency-Key was used for a different request; use a new key"
+                        ) from used
+                    return Outcome(existing.status_code, existing.body, existing.headers, replayed=True)
+                # expired and deleted in between: record afresh (counts as an attempt)
             except Contention as busy:
                 contention = busy
+            attempt += 1
+            delay = self._retry.delay(attempt)
+            if attempt >= self._retry.attempts or self._monotonic() - started + delay > self._retry.budget_seconds:
+                break
+            self._sleep(delay)
         if contention is not None and contention.on_idempotency_record:
             raise errors.IdempotencyInFlight("a request with this Idempotency-Key is in progress; retry shortly")
         raise errors.StoreUnavailable("the ledger is busy; retry with the same Idempotency-Key")
 
+    def _sealed(self, drafted: Draft, record_id: str, fp: str, now: datetime) -> tuple[Commit, IdempotencyRecord]:
+        """The draft's commit with its idempotency record (the response it will replay) and client token."""
+        record = IdempotencyRecord(
+            idempotency_id=record_id,
+            request_hash=fp,
+            status_code=201,
+            body=drafted.body,
+            headers=drafted.headers,
+            recorded_at=format_rfc3339(now),
+            expires_at=int((now + self._ttl).timestamp()),
+        )
+        commit = replace(
+            drafted.commit, idempotency=record, now_epoch=int(now.timestamp()), token=drafted.commit.events[0].event_id
+        )
+        return commit, record
+
     # -- reads ------------------------------------------------------------------
+
+    @property
+    def cursors(self) -> CursorCodec:
+        """The codec of this deployment's cursors, for other read models that page."""
+        return self._cursors
 
     @property
     def store(self) -> EventStore:
@@ -337,44 +404,47 @@ class Ledger:
         start: datetime | None = None,
         end: datetime | None = None,
         order: Order = "asc",
+        after: str | None = None,
     ) -> HistoryPage:
-        """One page of the account's events in ULID (= record time) order."""
+        """One page of the account's events in id order, which is commit order, up to where it is settled.
+
+        The account item names its newest committed event (`last_event_id`), read
+        consistently first: every event up to it is in the log, and every event that
+        commits later gets a greater id. The page stops there and says so
+        (`settled_until`), so a reader that resumes after it misses nothing.
+        """
         check_account_id(account_id)
         if not 1 <= limit <= MAX_PAGE:
             raise errors.InvalidQuery(f"limit must be between 1 and {MAX_PAGE}")
         if start and end and start > end:
             raise errors.InvalidQuery("from must not be after to")
+        if after is not None and (cursor is not None or order != "asc" or not is_ulid(after)):
+            raise errors.InvalidQuery("after is an event id, for ascending pages without a cursor")
         low, high = time_range_bounds(start, end)
-        after = _read_cursor(cursor, account_id, order, low, high) if cursor else None
+        resume = self._read_cursor(cursor, account_id, order, low, high) if cursor else after
+        settled = self.get_account(account_id).last_event_id  # also: an unknown account is a 404
+        top = min(high, settled) if settled else high
         events, more = self._store.account_events(
-            account_id, low, high, ascending=order == "asc", limit=limit, after=after
-        )
-        if not events and after is None:
-            self.get_account(account_id)  # an empty page of an unknown account is a 404
-        next_cursor = _write_cursor(account_id, order, low, high, events[-1].event_id) if more else None
-        return HistoryPage(events, next_cursor)
+            account_id, low, top, ascending=order == "asc", limit=limit, after=resume if resume and resume >= low else None
+        ) if low <= top else ([], False)
+        next_cursor = self._write_cursor(account_id, order, low, high, events[-1].event_id) if more else None
+        return HistoryPage(events, next_cursor, settled)
+
+    def _write_cursor(self, account_id: str, order: str, low: str, high: str, last: str) -> str:
+        return self._cursors.seal({"a": account_id, "o": order, "l": low, "h": high, "e": last})
+
+    def _read_cursor(self, cursor: str, account_id: str, order: str, low: str, high: str) -> str:
+        """The event id a cursor resumes after; refuses a cursor of another query."""
+        fields = self._cursors.open(cursor, {"a", "o", "l", "h", "e"})
+        last = fields["e"]
+        if (fields["a"], fields["o"], fields["l"], fields["h"]) != (account_id, order, low, high):
+            raise errors.InvalidCursor("the cursor belongs to another query; repeat the same account, order and range")
+        if not is_ulid(last) or not low <= last <= high:
+            raise errors.InvalidCursor("the cursor points outside its query's range")
+        return last
 
 
 def check_account_id(account_id: str) -> None:
     """Refuse an account id that is not of the allowed form (before any read uses it)."""
     if not is_account_id(account_id):
         raise errors.InvalidIdentifier("an account id is 1 to 64 characters of A-Z a-z 0-9 . _ : -")
-
-
-def _write_cursor(account_id: str, order: str, low: str, high: str, last: str) -> str:
-    raw = _json({"a": account_id, "o": order, "l": low, "h": high, "e": last}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _read_cursor(cursor: str, account_id: str, order: str, low: str, high: str) -> str:
-    """The event id a cursor resumes after; refuses a cursor of another query."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-        last = data["e"]
-        same_query = (data["a"], data["o"], data["l"], data["h"]) == (account_id, order, low, high)
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise errors.InvalidCursor("the cursor is not one this service issued") from exc
-    if not same_query or not is_ulid(last) or not low <= last <= high:
-        raise errors.InvalidCursor("the cursor belongs to another query; repeat the same account, order and range")
-    return last

@@ -27,7 +27,15 @@ from botocore.exceptions import ClientError
 from . import errors
 from .accounts import Account
 from .events import Event, parse_event
-from .schema import IDEMPOTENCY_TTL_ATTRIBUTE, TIME_BUCKET_INDEX, TIME_BUCKET_SHARDS, TRANSACTION_INDEX, LedgerTables
+from .schema import (
+    IDEMPOTENCY_TTL_ATTRIBUTE,
+    INDEX_ATTRIBUTES,
+    TIME_INDEX,
+    TIME_SHARD_ATTRIBUTE,
+    TIME_SHARDS,
+    TRANSACTION_INDEX,
+    LedgerTables,
+)
 
 _SERIALIZER = TypeSerializer()
 _DESERIALIZER = TypeDeserializer()
@@ -35,7 +43,16 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CONTENTION_CODES = frozenset(
     {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
 )
-_INDEX_ATTRIBUTES = ("time_bucket",)
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "InternalServerError",
+        "ServiceUnavailable",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -53,11 +70,16 @@ class IdempotencyRecord:
 
 @dataclass(frozen=True)
 class BalanceGuard:
-    """One account a commit touches, and by how much (negative for a debit)."""
+    """One account a commit touches, by how much (negative for a debit), and the event that does it.
+
+    The guard also orders the account's history: it commits only if `event_id` is
+    greater than the account's `last_event_id`, and sets it.
+    """
 
     account_id: str
     currency: str
     delta: int
+    event_id: str
 
 
 @dataclass(frozen=True)
@@ -102,8 +124,17 @@ class KeyAlreadyUsed(Exception):
         self.record = record
 
 
+class OutOfOrder(Exception):
+    """The account committed an event newer than ours meanwhile: mint ids above `newest` and retry."""
+
+    def __init__(self, account_id: str, newest: str) -> None:
+        super().__init__(f"account {account_id!r} already holds {newest}")
+        self.account_id = account_id
+        self.newest = newest
+
+
 class Contention(Exception):
-    """DynamoDB refused for throttling or a concurrent transaction; retrying may succeed."""
+    """A concurrent transaction cancelled ours (DynamoDB does not retry that); retrying may succeed."""
 
     def __init__(self, on_idempotency_record: bool) -> None:
         super().__init__("transaction conflict or throttling")
@@ -146,10 +177,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def time_bucket(event: Event) -> str:
-    """`YYYY-MM-DD#NN`: the day the event was recorded and a shard from its id."""
-    shard = _CROCKFORD.index(event.event_id[-1]) % TIME_BUCKET_SHARDS
-    return f"{event.recorded_at[:10]}#{shard:02d}"
+def time_shard(event_id: str) -> str:
+    """`NN`: the event's shard of the time index, from the random end of its id."""
+    return f"{_CROCKFORD.index(event_id[-1]) % TIME_SHARDS:02d}"
 
 
 def event_item(event: Event) -> dict[str, Any]:
@@ -161,12 +191,12 @@ def event_item(event: Event) -> dict[str, Any]:
     data = event.model_dump(exclude_none=True)
     if not data.get("metadata"):
         data.pop("metadata", None)
-    return serialize({**data, "time_bucket": time_bucket(event)})
+    return serialize({**data, TIME_SHARD_ATTRIBUTE: time_shard(event.event_id)})
 
 
 def event_from_item(item: dict[str, Any]) -> Event:
     data = deserialize(item)
-    for name in _INDEX_ATTRIBUTES:
+    for name in INDEX_ATTRIBUTES:
         data.pop(name, None)
     return parse_event(data)
 
@@ -297,12 +327,14 @@ class EventStore:
     def _update_guard(self, guard: BalanceGuard) -> dict[str, Any]:
         condition = (
             "attribute_exists(account_id) AND #status = :open AND currency = :currency AND home_region = :region"
+            " AND (attribute_not_exists(last_event_id) OR last_event_id < :event)"
         )
         values: dict[str, Any] = {
             ":delta": {"N": str(guard.delta)},
             ":open": {"S": "open"},
             ":currency": {"S": guard.currency},
             ":region": {"S": self._region},
+            ":event": {"S": guard.event_id},
         }
         if guard.delta < 0:
             condition += " AND (allow_overdraft = :true OR available >= :needed)"
@@ -312,7 +344,7 @@ class EventStore:
             "Update": {
                 "TableName": self._tables.accounts,
                 "Key": {"account_id": {"S": guard.account_id}},
-                "UpdateExpression": "ADD available :delta",
+                "UpdateExpression": "ADD available :delta SET last_event_id = :event",
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": {"#status": "status"},
                 "ExpressionAttributeValues": values,
@@ -342,20 +374,21 @@ class EventStore:
                 account_id=name,
                 home_region=account.home_region,
             )
-        return errors.InsufficientFunds(
-            f"account {name!r} does not allow overdraft and holds too little for {-guard.delta}",
-            account_id=name,
-        )
+        if guard.delta < 0 and not account.allow_overdraft and account.available < -guard.delta:
+            return errors.InsufficientFunds(
+                f"account {name!r} does not allow overdraft and holds too little for {-guard.delta}",
+                account_id=name,
+            )
+        if account.last_event_id is not None and account.last_event_id >= guard.event_id:
+            return OutOfOrder(name, account.last_event_id)
+        return Contention(on_idempotency_record=False)  # the item moved on since: try again
 
     def _explain(self, exc: ClientError, plan: _Plan) -> Exception:
         code = exc.response.get("Error", {}).get("Code", "")
-        if code in (
-            "TransactionInProgressException",
-            "ThrottlingException",
-            "ProvisionedThroughputExceededException",
-            "RequestLimitExceeded",
-        ):
-            return Contention(on_idempotency_record=False)
+        if code in _UNAVAILABLE_CODES:
+            # botocore has retried these already; one retry layer is enough, so the
+            # caller hears at once that the store is unavailable.
+            return errors.StoreUnavailable(f"DynamoDB answered {code}; retry with the same Idempotency-Key")
         if code != "TransactionCanceledException":
             return exc
         reasons = exc.response.get("CancellationReasons") or []
@@ -445,20 +478,33 @@ class EventStore:
             found.append(event_from_item(item))
         return found[:limit], len(found) > limit
 
-    def time_bucket_events(self, bucket: str, low: str, high: str, page_size: int = 200) -> Iterator[Event]:
-        """The events of one time bucket with ids in [low, high], in id order, read lazily page by page.
+    def time_shard_events(
+        self, shard: str, low: str, high: str, limit: int, after: tuple[str, str] | None = None
+    ) -> tuple[list[Event], tuple[str, str] | None]:
+        """Up to `limit` events of one time shard with ids in [low, high], after `after`, in id order.
 
+        Positions are (event_id, entity_id). Returns the events and the position to
+        resume from (None: the shard holds no more in range).
         Index reads are eventually consistent: the newest events may not be there yet.
         """
-        request = {
+        request: dict[str, Any] = {
             "TableName": self._tables.events,
-            "IndexName": TIME_BUCKET_INDEX,
-            "KeyConditionExpression": "time_bucket = :bucket AND event_id BETWEEN :low AND :high",
-            "ExpressionAttributeValues": {":bucket": {"S": bucket}, ":low": {"S": low}, ":high": {"S": high}},
-            "Limit": page_size,
+            "IndexName": TIME_INDEX,
+            "KeyConditionExpression": "#shard = :shard AND event_id BETWEEN :low AND :high",
+            "ExpressionAttributeNames": {"#shard": TIME_SHARD_ATTRIBUTE},
+            "ExpressionAttributeValues": {":shard": {"S": shard}, ":low": {"S": low}, ":high": {"S": high}},
+            "Limit": limit,
         }
-        for item in self._query(request):
-            yield event_from_item(item)
+        if after is not None:
+            request["ExclusiveStartKey"] = {
+                TIME_SHARD_ATTRIBUTE: {"S": shard},
+                "event_id": {"S": after[0]},
+                "entity_id": {"S": after[1]},
+            }
+        page = self._client.query(**request)
+        events = [event_from_item(item) for item in page.get("Items", [])]
+        last = page.get("LastEvaluatedKey")
+        return events, ((last["event_id"]["S"], last["entity_id"]["S"]) if last else None)
 
     def transaction_events(self, transaction_id: str) -> list[Event]:
         """Every leg of a transaction, in event id order (through the transaction index)."""

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from ledger import errors
 from ledger.commands import MovementRequest, TransferRequest
+from ledger.cursors import CursorCodec
 from ledger.service import Caller
 
 PROBLEM = "application/problem+json"
@@ -408,22 +409,63 @@ def test_a_cursor_of_another_query_is_refused(api, populated, issued_for, replay
     assert (response.status, response.code) == (400, "invalid_cursor")
 
 
+def _payload(cursor: str) -> dict:
+    payload = cursor.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def _resigned(settings, fields: dict) -> str:
+    """A cursor with these fields, signed with the deployment's own key (as if the key leaked)."""
+    return CursorCodec(settings.cursor_key).seal(fields)
+
+
 def test_a_cursor_with_its_account_rewritten_is_refused(api, populated):
     cursor = _cursor(api, "alice")
-    data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    forged = base64.urlsafe_b64encode(json.dumps({**data, "a": "bob"}).encode()).decode()
+    signature = cursor.split(".")[1]
+    forged = base64.urlsafe_b64encode(json.dumps({**_payload(cursor), "a": "bob"}).encode()).decode().rstrip("=")
 
-    response = api.get(EVENTS, {"cursor": forged})
+    response = api.get(EVENTS, {"cursor": f"{forged}.{signature}"})
 
     assert (response.status, response.code) == (400, "invalid_cursor")
 
 
-def test_a_cursor_moved_outside_its_window_is_refused(api, populated):
+def test_a_cursor_moved_outside_its_window_is_refused_even_when_signed(api, populated, settings):
     cursor = _cursor(api, "alice", **{"from": "2000-01-01T00:00:00Z"})
-    data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    forged = base64.urlsafe_b64encode(json.dumps({**data, "e": "0" * 26}).encode()).decode()
+    forged = _resigned(settings, {**_payload(cursor), "e": "0" * 26})
 
     response = api.get(EVENTS, {"cursor": forged, "from": "2000-01-01T00:00:00Z"})
+
+    assert (response.status, response.code) == (400, "invalid_cursor")
+
+
+HOSTILE_CURSORS = {
+    "2,000 nested brackets": base64.urlsafe_b64encode(b"[" * 2000).decode(),
+    "nested brackets with a dot": base64.urlsafe_b64encode(b"[" * 2000).decode() + ".AAAA",
+    "oversized": "A" * 5000 + ".AAAA",
+    "not base64": "%%%.###",
+    "empty parts": ".",
+    "many dots": "a.b.c",
+    "a JSON list": base64.urlsafe_b64encode(b"[1,2,3]").decode() + ".AAAAAAAAAAAAAAAAAAAAAA",
+}
+
+
+@pytest.mark.parametrize("cursor", HOSTILE_CURSORS.values(), ids=HOSTILE_CURSORS.keys())
+@pytest.mark.parametrize("path", [EVENTS, "/events"])
+def test_a_hostile_cursor_is_a_400_not_a_crash(api, populated, path, cursor):
+    params = {"cursor": cursor}
+    if path == "/events":
+        params.update({"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z"})
+
+    response = api.get(path, params)
+
+    assert (response.status, response.code) == (400, "invalid_cursor")
+
+
+def test_a_timeline_cursor_whose_position_lies_outside_its_window_is_refused(api, populated, settings):
+    window = {"from": "2026-01-01T00:00:00.000Z", "to": "2026-01-02T00:00:00.000Z"}
+    forged = _resigned(settings, {"w0": window["from"], "w1": window["to"], "e": "7" + "Z" * 25, "a": "alice"})
+
+    response = api.get("/events", {"cursor": forged, **window})
 
     assert (response.status, response.code) == (400, "invalid_cursor")
 

@@ -34,7 +34,7 @@ def test_jsonl_lines_are_the_canonical_lines_and_the_manifest_checks_out(ledger,
     out = tmp_path / "all.jsonl"
     start, end = window()
 
-    manifest = export(lambda after: Timeline(ledger.store).events(start, end, after), Query((), start, end, "jsonl"), out)
+    manifest = export(lambda after: Timeline(ledger.store, ledger.cursors).events(start, end, after), Query((), start, end, "jsonl"), out)
 
     assert out.read_bytes() == b"".join(canonical_line(e) for e in history)
     assert manifest["count"] == len(history) and manifest["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
@@ -46,7 +46,7 @@ def test_jsonl_lines_are_the_canonical_lines_and_the_manifest_checks_out(ledger,
 def test_csv_has_fixed_columns_and_reads_back(ledger, history, tmp_path: Path):
     out = tmp_path / "all.csv"
     start, end = window()
-    export(lambda after: Timeline(ledger.store).events(start, end, after), Query((), start, end, "csv"), out)
+    export(lambda after: Timeline(ledger.store, ledger.cursors).events(start, end, after), Query((), start, end, "csv"), out)
 
     rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
 
@@ -68,7 +68,7 @@ class Interrupted(Exception):
 def test_an_interrupted_export_resumes_to_the_same_bytes(ledger, history, tmp_path: Path, fmt: str, stop_after: int):
     start, end = window()
     query = Query((), start, end, fmt)
-    source = lambda after: Timeline(ledger.store, page_size=7).events(start, end, after)  # noqa: E731
+    source = lambda after: Timeline(ledger.store, ledger.cursors).events(start, end, after)  # noqa: E731
     whole = tmp_path / f"whole.{fmt}"
     export(source, query, whole)
 
@@ -109,7 +109,7 @@ def test_the_cli_exports_one_account_and_its_digest_continues_to_the_api_s(api, 
     out = tmp_path / "acct-1.jsonl"
     args = ["export", "--account", "acct-1", "--from", format_rfc3339(start), "--to", format_rfc3339(end), "--out", str(out)]
 
-    assert main([*args, "--stage", settings.stage, "--region", settings.region]) == 0
+    assert main([*args, "--aws", "--stage", settings.stage, "--region", settings.region]) == 0
 
     mine = [e for e in history if e.entity_id == "acct-1"]
     exported = [e for e in mine if start <= _t(e) <= end]
@@ -120,7 +120,7 @@ def test_the_cli_exports_one_account_and_its_digest_continues_to_the_api_s(api, 
     assert manifest["digest_after"] == digest_of(before + exported)[0]
     served = api.get("/accounts/acct-1/digest", {"to": format_rfc3339(end)}).json
     assert served["digest"] == manifest["digest_after"]
-    assert main(["export", "--out", str(tmp_path / "y.jsonl"), "--stage", settings.stage]) == 2  # all accounts need a window
+    assert main(["export", "--out", str(tmp_path / "y.jsonl"), "--aws", "--stage", settings.stage]) == 2  # all accounts need a window
 
 
 def _t(event):

@@ -69,7 +69,12 @@ def test_the_default_page_holds_up_to_100_events_without_a_cursor(api, alice_eve
     response = api.get("/accounts/alice/events")
 
     assert response.status == 200
-    assert response.json == {"account_id": "alice", "events": alice_events, "next_cursor": None}
+    assert response.json == {
+        "account_id": "alice",
+        "events": alice_events,
+        "next_cursor": None,
+        "settled_until": alice_events[-1]["event_id"],
+    }
 
 
 def test_a_cursor_keeps_working_after_new_events_arrive_and_the_walk_reaches_them(api, alice_events):

@@ -20,7 +20,7 @@ from ledger.accounts import Account
 from ledger.config import Settings, dynamodb_client
 from ledger.events import AccountOpened, Credited, Debited
 from ledger.ids import format_rfc3339, new_ulid, ulid_time
-from ledger.store import BalanceGuard, Commit, EventStore, IdempotencyRecord, KeyAlreadyUsed
+from ledger.store import BalanceGuard, Commit, EventStore, IdempotencyRecord, KeyAlreadyUsed, OutOfOrder
 from runtime.tables import ensure_tables
 
 REGION = "us-east-1"
@@ -110,7 +110,7 @@ def _open(store: EventStore, account: Account) -> None:
 
 
 def _move(store: EventStore, event, record: IdempotencyRecord | None = None) -> None:
-    store.commit(Commit(events=(event,), guards=(BalanceGuard(event.entity_id, event.currency, event.signed_amount),), idempotency=record, now_epoch=1))
+    store.commit(Commit(events=(event,), guards=(BalanceGuard(event.entity_id, event.currency, event.signed_amount, event.event_id),), idempotency=record, now_epoch=1))
 
 
 def test_committed_events_read_back_in_ulid_order_both_ways(store: EventStore) -> None:
@@ -223,7 +223,7 @@ def test_a_transfer_lands_whole_or_not_at_all(store, backend) -> None:
     transaction_id = new_ulid()
     debit = _movement(Debited, "alice", 50, transaction_id)
     credit = _movement(Credited, "bob", 50, transaction_id)
-    guards = tuple(BalanceGuard(e.entity_id, "EUR", e.signed_amount) for e in (debit, credit))
+    guards = tuple(BalanceGuard(e.entity_id, "EUR", e.signed_amount, e.event_id) for e in (debit, credit))
     before = _scan(backend)
 
     with pytest.raises(errors.InsufficientFunds):
@@ -231,6 +231,12 @@ def test_a_transfer_lands_whole_or_not_at_all(store, backend) -> None:
     assert _scan(backend) == before
 
     _move(store, _movement(Credited, "alice", 50))
+    # The credit committed after the refused draft was minted: a draft's ids must be newer
+    # than the account's last event, so the retry is drafted afresh.
+    with pytest.raises(OutOfOrder):
+        store.commit(Commit(events=(debit, credit), guards=guards))
+    debit, credit = (_movement(kind, account, 50, transaction_id) for kind, account in ((Debited, "alice"), (Credited, "bob")))
+    guards = tuple(BalanceGuard(e.entity_id, "EUR", e.signed_amount, e.event_id) for e in (debit, credit))
     store.commit(Commit(events=(debit, credit), guards=guards))
     assert store.transaction_events(transaction_id) == [debit, credit]
     assert (store.get_account("alice").available, store.get_account("bob").available) == (0, 50)

@@ -63,7 +63,7 @@ OPENING = [leg(AccountOpened, "alice", ORIGINAL, kind="open", allow_overdraft=Fa
 
 def counting_ids() -> Any:
     numbers = itertools.count(1)
-    return lambda: f"01ARZ3NDEKTSV4RRFFQ69G5R{next(numbers):02d}"
+    return lambda _account: f"01ARZ3NDEKTSV4RRFFQ69G5R{next(numbers):02d}"
 
 
 def negate(legs: list[Event], description: str | None = None, metadata: dict[str, str] | None = None) -> tuple:
@@ -216,7 +216,8 @@ def test_the_reversal_commit_carries_the_marker_and_a_guard_per_leg():
     (commit,) = store.commits
     reversal_id = commit.events[0].transaction_id
     assert commit.reversal == ReversalMarker(ORIGINAL, reversal_id, commit.events[0].recorded_at)
-    assert commit.guards == (BalanceGuard("alice", "EUR", 250), BalanceGuard("bob", "EUR", -250))
+    assert commit.guards == tuple(BalanceGuard(e.entity_id, "EUR", e.signed_amount, e.event_id) for e in commit.events)
+    assert [g.delta for g in commit.guards] == [250, -250]
     assert commit.idempotency is not None and commit.idempotency.idempotency_id == "key#tests#undo"
 
 
@@ -248,10 +249,11 @@ RECORD = IdempotencyRecord(
 )
 MARKER = ReversalMarker(ORIGINAL, REVERSAL, "2026-11-22T10:00:00.000Z")
 # Items: [idempotency record, marker, credit alice, debit bob, alice guard, bob guard].
+REVERSAL_EVENTS = negate(TRANSFER)
 REVERSAL_COMMIT = Commit(
-    events=negate(TRANSFER),
+    events=REVERSAL_EVENTS,
     idempotency=RECORD,
-    guards=(BalanceGuard("alice", "EUR", 250), BalanceGuard("bob", "EUR", -250)),
+    guards=tuple(BalanceGuard(e.entity_id, "EUR", e.signed_amount, e.event_id) for e in REVERSAL_EVENTS),
     reversal=MARKER,
     now_epoch=1_794_000_000,
     token="01ARZ3NDEKTSV4RRFFQ69G5R01",

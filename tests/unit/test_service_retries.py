@@ -6,6 +6,7 @@ The fakes are plain classes with the two methods the ledger calls on a store,
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timedelta, timezone
 
@@ -13,8 +14,9 @@ import pytest
 
 from ledger import errors
 from ledger.commands import MovementRequest, TransferRequest
+from ledger.ids import new_ulid_after
 from ledger.service import Caller, Ledger, RetryPolicy
-from ledger.store import Commit, Contention, IdempotencyRecord, KeyAlreadyUsed
+from ledger.store import Commit, Contention, IdempotencyRecord, KeyAlreadyUsed, OutOfOrder
 
 REGION = "us-east-1"
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
@@ -327,3 +329,86 @@ def test_a_transfer_commits_two_legs_that_balance_and_guard_both_accounts():
     assert [(event.entity_id, event.signed_amount) for event in commit.events] == [("alice", -30), ("bob", 30)]
     assert len({event.transaction_id for event in commit.events}) == 1
     assert [(g.account_id, g.currency, g.delta) for g in commit.guards] == [("alice", "EUR", -30), ("bob", "EUR", 30)]
+    assert [g.event_id for g in commit.guards] == [event.event_id for event in commit.events]
+
+
+# -- history order is commit order ------------------------------------------------------------
+
+FAR_AHEAD = "03PFAH5B000000000000000000"  # 2099: an id a writer whose clock runs far ahead minted
+
+
+class NewerFirstStore(MemoryStore):
+    """The account committed `newest` before our first attempt, as a faster writer would."""
+
+    def __init__(self, newest: str, times: int = 1) -> None:
+        super().__init__()
+        self.newest = newest
+        self.times = times
+
+    def commit(self, commit: Commit) -> None:
+        if self.times > 0 and any(guard.event_id <= self.newest for guard in commit.guards):
+            self.times -= 1
+            self.attempts.append(commit)
+            late = next(guard for guard in commit.guards if guard.event_id <= self.newest)
+            raise OutOfOrder(late.account_id, self.newest)
+        super().commit(commit)
+
+
+def test_a_write_that_an_account_s_newer_event_overtook_is_redrafted_with_ids_above_it_at_once():
+    store = NewerFirstStore(FAR_AHEAD)
+    sleeps: list[float] = []
+
+    outcome = ledger_over(store, sleeps).transfer(
+        caller(), TransferRequest(from_account="alice", to_account="bob", amount=30, currency="EUR")
+    )
+
+    first, second = store.attempts
+    assert sleeps == []  # nothing to wait for: the ids were stale, not the store busy
+    (landed,) = store.landed
+    assert landed is second
+    assert all(event.event_id > FAR_AHEAD for event in landed.events if event.entity_id == "alice")
+    assert {e.event_id for e in first.events}.isdisjoint(e.event_id for e in landed.events)
+    # The response and its record name the ids that landed, never the stale ones.
+    assert [e["event_id"] for e in json.loads(outcome.body)["events"]] == [e.event_id for e in landed.events]
+    assert landed.idempotency.body == outcome.body
+    assert landed.token == landed.events[0].event_id
+
+
+class AlwaysOvertakenStore(MemoryStore):
+    """Another writer commits a newer event before each of ours: a pathological hot account."""
+
+    def commit(self, commit: Commit) -> None:
+        self.attempts.append(commit)
+        raise OutOfOrder("alice", new_ulid_after(commit.guards[0].event_id))
+
+
+def test_an_account_that_is_always_overtaken_ends_in_store_unavailable_not_a_loop():
+    store = AlwaysOvertakenStore()
+
+    with pytest.raises(errors.StoreUnavailable):
+        ledger_over(store).credit(caller(), "alice", CREDIT)
+
+    assert len(store.attempts) == RetryPolicy().max_remints + 1
+    assert store.landed == []
+
+
+# -- the time budget -------------------------------------------------------------------------
+
+
+def test_contention_stops_when_the_time_budget_is_spent_even_with_attempts_left():
+    store = ContendedStore(math.inf)
+    elapsed = [0.0]
+
+    def sleep(seconds: float) -> None:
+        elapsed[0] += seconds + 1.0  # each attempt also takes a second
+
+    ledger = Ledger(
+        store, REGION, clock=lambda: NOW, sleep=sleep, monotonic=lambda: elapsed[0],
+        retry=RetryPolicy(attempts=100, budget_seconds=5.0),
+    )  # fmt: skip
+
+    with pytest.raises(errors.StoreUnavailable):
+        ledger.credit(caller(), "alice", CREDIT)
+
+    assert elapsed[0] <= 5.0 + 1.0 + RetryPolicy().cap_seconds
+    assert len(store.attempts) < 100

@@ -23,6 +23,7 @@ from ledger.store import (
     EventStore,
     IdempotencyRecord,
     KeyAlreadyUsed,
+    OutOfOrder,
     serialize,
 )
 
@@ -103,7 +104,10 @@ TRANSFER = Commit(
         leg(Credited, "bob", 100, "01ARZ3NDEKTSV4RRFFQ69G5F02"),
     ),
     idempotency=RECORD,
-    guards=(BalanceGuard("alice", "EUR", -100), BalanceGuard("bob", "EUR", 100)),
+    guards=(
+        BalanceGuard("alice", "EUR", -100, "01ARZ3NDEKTSV4RRFFQ69G5F01"),
+        BalanceGuard("bob", "EUR", 100, "01ARZ3NDEKTSV4RRFFQ69G5F02"),
+    ),
     now_epoch=1_794_000_000,
     token="01ARZ3NDEKTSV4RRFFQ69G5F01",
 )
@@ -184,13 +188,13 @@ def test_a_conflict_on_the_idempotency_record_is_contention_on_it():
         "RequestLimitExceeded",  # account-level throughput limit: as retryable as the others
     ],
 )
-def test_throttling_of_the_whole_call_is_contention(code):
+def test_throttling_of_the_whole_call_is_store_unavailable_at_once(code):
+    """botocore retried the call already: one retry layer, so the ledger does not retry it again."""
     error = ClientError({"Error": {"Code": code, "Message": "slow down"}}, "TransactWriteItems")
 
     explained = explain(error)
 
-    assert isinstance(explained, Contention)
-    assert explained.on_idempotency_record is False
+    assert isinstance(explained, errors.StoreUnavailable)
 
 
 def test_a_failed_condition_outranks_a_conflict_elsewhere():
@@ -307,3 +311,29 @@ def test_only_a_debit_guard_checks_the_available_balance():
     assert debit_guard["ExpressionAttributeValues"][":delta"] == {"N": "-100"}
     assert "available" not in credit_guard["ConditionExpression"]
     assert credit_guard["ExpressionAttributeValues"][":delta"] == {"N": "100"}
+
+
+def test_an_account_holding_a_newer_event_asks_for_fresh_ids_above_it():
+    newer = "01ARZ3NDEKTSV4RRFFQ69G5FZZ"
+
+    explained = explain(cancelled(OK, OK, OK, failed(account_item("alice", available=1000, last_event_id=newer)), OK))
+
+    assert isinstance(explained, OutOfOrder)
+    assert (explained.account_id, explained.newest) == ("alice", newer)
+
+
+def test_too_little_money_outranks_a_newer_event_since_fresh_ids_would_not_help():
+    newer = "01ARZ3NDEKTSV4RRFFQ69G5FZZ"
+
+    explained = explain(cancelled(OK, OK, OK, failed(account_item("alice", available=99, last_event_id=newer)), OK))
+
+    assert isinstance(explained, errors.InsufficientFunds)
+
+
+def test_every_guard_orders_the_account_s_history_by_its_event_id():
+    store = EventStore(FakeClient(), TABLES, REGION)
+    debit_guard = store._plan(TRANSFER).items[3]["Update"]
+
+    assert "last_event_id < :event" in debit_guard["ConditionExpression"]
+    assert "SET last_event_id = :event" in debit_guard["UpdateExpression"]
+    assert debit_guard["ExpressionAttributeValues"][":event"] == {"S": TRANSFER.events[0].event_id}
