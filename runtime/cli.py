@@ -1,8 +1,12 @@
 """The `ledger` command: run the service locally and operate on any deployment.
 
-Every subcommand takes the same endpoint options (`--endpoint-url`, `--stage`,
-`--region`, or LEDGER_ENDPOINT_URL / LEDGER_STAGE / LEDGER_REGION), so the same
-command works against the embedded DynamoDB, another local one, or AWS.
+Every operator command takes the same endpoint options. With none, it finds the
+`ledger serve` running on its data directory (`--data-dir`, LEDGER_DATA_DIR, else
+./.ledger-data) through the state file `serve` keeps there, and says plainly when
+there is none. `--endpoint-url` (or LEDGER_ENDPOINT_URL) names any DynamoDB;
+`--aws` means AWS itself, with credentials from the environment. Expected failures
+(no server, DynamoDB unreachable, no credentials) are one line on stderr and a
+non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,22 +19,82 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ledger.config import Settings, dynamodb_client
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+from ledger.config import OPERATOR, Settings, dynamodb_client
+
+from .discovery import DEFAULT_DATA_DIR, NoRunningServe, ServeState
 
 DEFAULT_PORT = 8000
-DEFAULT_DATA_DIR = ".ledger-data"
+
+
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
+        help=f"the data directory of `ledger serve` (default: LEDGER_DATA_DIR, else ./{DEFAULT_DATA_DIR})",
+    )
 
 
 def _endpoint_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--endpoint-url", help="DynamoDB endpoint (default: LEDGER_ENDPOINT_URL, else AWS)")
-    parser.add_argument("--stage", help="table name prefix (default: LEDGER_STAGE, else dev)")
+    parser.add_argument(
+        "--endpoint-url", help="DynamoDB endpoint (default: LEDGER_ENDPOINT_URL, else the running `ledger serve`)"
+    )
+    parser.add_argument("--aws", action="store_true", help="use AWS itself (credentials from the environment)")
+    parser.add_argument("--stage", help="table name prefix (default: LEDGER_STAGE, the serve's stage, else dev)")
     parser.add_argument("--region", help="AWS region this process writes for (default: LEDGER_REGION/AWS_REGION)")
+    _data_dir_option(parser)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    """The settings a command runs with: flags, then the environment, then the local `serve`."""
     settings = Settings.from_env()
     overrides = {k: v for k, v in (("endpoint_url", args.endpoint_url), ("stage", args.stage), ("region", args.region)) if v}
-    return replace(settings, **overrides) if overrides else settings
+    settings = replace(settings, **overrides) if overrides else settings
+    if settings.endpoint_url or getattr(args, "aws", False) or args.command == "serve":
+        return settings
+    state = ServeState.read(args.data_dir)  # NoRunningServe: main() says so
+    return replace(
+        settings,
+        endpoint_url=state.endpoint_url,
+        stage=args.stage or os.environ.get("LEDGER_STAGE") or state.stage,
+        region=args.region or os.environ.get("LEDGER_REGION") or state.region,
+    )
+
+
+class CommandError(Exception):
+    """The command cannot do what was asked; the message says why (exit status 2)."""
+
+
+def existing_accounts(ledger, requested: list[str] | None) -> list[str] | None:
+    """`--account` values, each checked to exist: an unknown account is an error, not "all is well"."""
+    if not requested:
+        return None
+    from ledger.errors import AccountNotFound, InvalidIdentifier
+
+    missing = []
+    for account_id in requested:
+        try:
+            ledger.get_account(account_id)
+        except (AccountNotFound, InvalidIdentifier):
+            missing.append(account_id)
+    if missing:
+        raise CommandError(f"no such account: {', '.join(missing)}")
+    return list(dict.fromkeys(requested))
+
+
+def connect(args: argparse.Namespace) -> tuple[Settings, object]:
+    """Settings and a patient DynamoDB client; writes to a local `serve` go into its journal too."""
+    settings = settings_from(args)
+    client = dynamodb_client(settings, OPERATOR)
+    if not (args.endpoint_url or getattr(args, "aws", False) or os.environ.get("LEDGER_ENDPOINT_URL")):
+        journal = ServeState.read(args.data_dir).journal
+        if journal:
+            from .journal import WriteJournal
+
+            WriteJournal(Path(journal)).attach(client)
+    return settings, client
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,12 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     _endpoint_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
-    serve.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("LEDGER_DATA_DIR", DEFAULT_DATA_DIR)),
-        help=f"where the embedded DynamoDB and the stream checkpoint live (default ./{DEFAULT_DATA_DIR})",
-    )
     serve.add_argument("--dynamodb-port", type=int, help="port of the embedded DynamoDB (default: a free one)")
     serve.add_argument(
         "--no-projector",
@@ -115,8 +173,9 @@ def _export(args: argparse.Namespace) -> int:
 
     from .progress import ProgressCounter
 
-    ledger = build_ledger(settings_from(args), dynamodb_client(settings_from(args)))
-    accounts = tuple(sorted(set(args.account or ())))
+    settings, client = connect(args)
+    ledger = build_ledger(settings, client)
+    accounts = tuple(sorted(existing_accounts(ledger, args.account) or ()))
     if not accounts and (args.start is None or args.end is None):
         print("ledger export: every account needs a window: give --from and --to (or --account)", file=sys.stderr)
         return 2
@@ -124,18 +183,18 @@ def _export(args: argparse.Namespace) -> int:
     if accounts:
         source = account_source(ledger.store, accounts, args.start, args.end)
     else:
-        source = lambda after: Timeline(ledger.store).events(args.start, args.end, after)  # noqa: E731
+        source = lambda after: Timeline(ledger.store, ledger.cursors).events(args.start, args.end, after)  # noqa: E731
     digest_before = None
     if len(accounts) == 1 and args.format == "jsonl":  # the digest chain before the window, to continue it
         digest_before = "0" * 64
         if args.start is not None:
             digest_before = Checkpoints(ledger.store).fold_at(accounts[0], args.start - timedelta(milliseconds=1)).digest
     try:
-        manifest = export(source, query, args.out, ProgressCounter("export"), digest_before)
+        with ProgressCounter("export") as progress:
+            manifest = export(source, query, args.out, progress, digest_before)
     except ExportError as exc:
         print(f"ledger export: {exc}", file=sys.stderr)
         return 2
-    print(file=sys.stderr)  # end the progress line
     print(f"exported {manifest['count']} event(s) to {args.out}, sha256 {manifest['sha256']}")
     return 0
 
@@ -147,19 +206,30 @@ def _for_each_account(args: argparse.Namespace, label: str, work) -> list:
 
     from .progress import ProgressBar
 
-    settings = settings_from(args)
-    ledger = build_ledger(settings, dynamodb_client(settings))
+    settings, client = connect(args)
+    ledger = build_ledger(settings, client)
     checkpoints = Checkpoints(ledger.store)
-    accounts = args.account or sorted(ledger.account_ids())
-    progress = ProgressBar(label)
+    accounts = existing_accounts(ledger, args.account) or sorted(ledger.account_ids())
     results = []
-    for done, account_id in enumerate(accounts, 1):
-        results.append(work(checkpoints, ledger, account_id))
-        progress(done, len(accounts))
+    with ProgressBar(label) as progress:
+        for done, account_id in enumerate(accounts, 1):
+            results.append(work(checkpoints, ledger, account_id))
+            progress(done, len(accounts))
     return results
 
 
 def _audit_close(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from audit.checkpoints import SETTLE
+
+    closable = datetime.now(timezone.utc) - SETTLE
+    if args.until is not None and args.until > closable:
+        print(
+            f"note: only days that ended before {closable:%Y-%m-%dT%H:%M}Z are closed: a day is closed an hour "
+            "after it ends, when no event can still arrive for it; later days are left for a later run",
+            file=sys.stderr,
+        )
     written = _for_each_account(args, "close", lambda checkpoints, _ledger, account: checkpoints.close(account, args.until))
     print(f"wrote {sum(written)} checkpoint(s) for {len(written)} account(s)")
     return 0
@@ -185,8 +255,7 @@ def _read_side(args: argparse.Namespace):
     from ledger.bootstrap import build_ledger
     from projections.bootstrap import build_balance_store
 
-    settings = settings_from(args)
-    client = dynamodb_client(settings)
+    settings, client = connect(args)
     return build_ledger(settings, client), build_balance_store(settings, client)
 
 
@@ -196,7 +265,8 @@ def _verify(args: argparse.Namespace) -> int:
     from .progress import ProgressBar
 
     ledger, store = _read_side(args)
-    drifts = verify(ledger, store, accounts=args.account, progress=ProgressBar("verify"))
+    with ProgressBar("verify") as progress:
+        drifts = verify(ledger, store, accounts=existing_accounts(ledger, args.account), progress=progress)
     for drift in drifts:
         print(f"DRIFT {drift.describe()}")
     print(f"{len(drifts)} account(s) differ from their log" if drifts else "every balance equals the fold of its log")
@@ -209,7 +279,8 @@ def _rebuild(args: argparse.Namespace) -> int:
     from .progress import ProgressBar
 
     ledger, store = _read_side(args)
-    report = rebuild(ledger, store, accounts=args.account, progress=ProgressBar("rebuild"))
+    with ProgressBar("rebuild") as progress:
+        report = rebuild(ledger, store, accounts=existing_accounts(ledger, args.account), progress=progress)
     for account_id in report.repaired:
         print(f"rebuilt {account_id}")
     print(f"checked {report.checked} account(s), rebuilt {len(report.repaired)}")
@@ -219,8 +290,8 @@ def _rebuild(args: argparse.Namespace) -> int:
 def _create_tables(args: argparse.Namespace) -> int:
     from .tables import ensure_tables
 
-    settings = settings_from(args)
-    created = ensure_tables(dynamodb_client(settings), settings)
+    settings, client = connect(args)
+    created = ensure_tables(client, settings)
     print(f"created: {', '.join(created)}" if created else "all tables exist")
     return 0
 
@@ -235,6 +306,7 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         dynamodb_port=args.dynamodb_port,
         projector=args.projector,
+        embedded=not args.aws,
     )
 
 
@@ -245,11 +317,30 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Both explicitly: a shell that starts us in the background (`&`, nohup) leaves
+    # SIGINT ignored, and Ctrl-C or a test's SIGINT would then do nothing.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except CommandError as exc:
+        _fail(str(exc))
+        return 2
+    except NoRunningServe as exc:
+        _fail(f"{exc}. Start one with `ledger serve`, or name a DynamoDB with --endpoint-url (or --aws).")
+        return 2
+    except (NoCredentialsError, NoRegionError) as exc:
+        _fail(f"{exc}: --aws needs AWS credentials and a region in the environment")
+        return 2
+    except (BotoCoreError, ClientError) as exc:
+        _fail(f"DynamoDB failed: {exc}")
+        return 1
+
+
+def _fail(message: str) -> None:
+    print(f"ledger {' '.join(sys.argv[1:2])}: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """`ledger serve`: the embedded database, the tables, the API and the projector.
 
 With no endpoint configured, DynamoDB Local runs as a child process with its data
-in `--data-dir`, so the ledger survives a restart. Without Java it falls back to
-moto's in-memory server and says so loudly. The API is Chalice's own local server
-around the same `app` object that Lambda runs. The projector is the same stream
-handler Lambda runs, fed by a `StreamPoller` thread that keeps its checkpoint and
-dead letters in `--data-dir`.
+in `--data-dir`, so the ledger survives a restart, and every write it acknowledges
+is journaled first (`runtime.journal`), so it survives a crash of DynamoDB Local
+too: the journal is replayed before anything is served. Without Java it falls back
+to moto's in-memory server and says so loudly. The API is served by a hardened
+HTTP server (`runtime.http_server`) around the same `app` object that Lambda runs.
+The projector is the same stream handler Lambda runs, fed by a `StreamPoller`
+thread that keeps its checkpoint and dead letters in `--data-dir`. Once ready,
+`serve.json` in the data directory tells operator commands where everything is.
 """
 
 from __future__ import annotations
@@ -18,36 +21,49 @@ from dataclasses import replace
 from pathlib import Path
 
 from chalice.config import Config
-from chalice.local import create_local_server
 
 from api.app import app, use_ledger
 from ledger.bootstrap import build_ledger
 from ledger.config import Settings, dynamodb_client, streams_client
 from projections.bootstrap import build_balance_store, build_stream_handler
 
+from . import discovery
 from .dynamodb_local import DynamoDBLocal, EmbeddedDynamoDBError, java_available
+from .http_server import create_server
+from .journal import WriteJournal
 from .moto_server import MotoDynamoDB
 from .poller import PollerConfig, StreamPoller, stream_arn_of
 from .tables import ensure_tables
+
+JOURNAL_FILE = "write-journal.jsonl"
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _start_embedded(stack: ExitStack, data_dir: Path, port: int | None) -> tuple[str, str]:
-    """Start the embedded database; return its endpoint and a description for the ready line."""
+def _start_embedded(stack: ExitStack, data_dir: Path, port: int | None) -> tuple[str, str, bool]:
+    """Start the embedded database; return its endpoint, a description for the ready line, and if it keeps data."""
     if java_available():
         data_dir = data_dir.resolve()
         database = stack.enter_context(DynamoDBLocal(data_dir=data_dir, port=port))
-        return database.endpoint_url, f"DynamoDB Local at {database.endpoint_url}, data in {data_dir}"
+        return database.endpoint_url, f"DynamoDB Local at {database.endpoint_url}, data in {data_dir}", True
     _say(
         "WARNING: Java was not found, so DynamoDB Local cannot run.\n"
         "WARNING: falling back to moto's IN-MEMORY DynamoDB: every account and event is LOST when this stops.\n"
         "WARNING: install Java 11+ (e.g. apt-get install openjdk-17-jre-headless) to keep data on disk."
     )
     database = stack.enter_context(MotoDynamoDB(port=port))
-    return database.endpoint_url, f"IN-MEMORY moto at {database.endpoint_url} (data is not kept)"
+    return database.endpoint_url, f"IN-MEMORY moto at {database.endpoint_url} (data is not kept)", False
+
+
+def _recover(journal: WriteJournal, client) -> None:
+    """Replay the journal: whatever DynamoDB Local acknowledged and then lost in a crash is applied again."""
+    report = journal.replay(client)
+    if report.reapplied:
+        _say(f"recovered {report.reapplied} acknowledged write(s) that DynamoDB Local had lost in a crash")
+    for failure in report.failed:
+        _say(f"WARNING: a journaled write could not be replayed: {failure}")
 
 
 # Locally a record that fails is most likely DynamoDB Local being slow or restarting:
@@ -87,42 +103,60 @@ def serve(
     data_dir: Path,
     dynamodb_port: int | None = None,
     projector: bool = True,
+    embedded: bool = True,
 ) -> int:
     """Run until Ctrl-C or SIGTERM; every child process stops with us."""
     with ExitStack() as stack:
-        if settings.endpoint_url:
-            where = f"DynamoDB at {settings.endpoint_url}"
+        journal: WriteJournal | None = None
+        if settings.endpoint_url or not embedded:
+            where = f"DynamoDB at {settings.endpoint_url or 'AWS'}"
         else:
             try:
-                endpoint, where = _start_embedded(stack, data_dir, dynamodb_port)
+                endpoint, where, durable = _start_embedded(stack, data_dir, dynamodb_port)
             except EmbeddedDynamoDBError as exc:
                 _say(f"ledger: {exc}")
                 return 1
             settings = replace(settings, endpoint_url=endpoint)
+            if durable:
+                journal = WriteJournal(data_dir.resolve() / JOURNAL_FILE)
         client = dynamodb_client(settings)
         created = ensure_tables(client, settings)
         if created:
             _say(f"created tables: {', '.join(created)}")
+        if journal is not None:
+            _recover(journal, client)
+            journal.attach(client)
+            where += ", every acknowledged write journaled"
         use_ledger(build_ledger(settings, client), build_balance_store(settings, client))
         if projector:
             _say(_start_projector(stack, settings, client, data_dir.resolve()))
         try:
-            server = create_local_server(app, Config(chalice_stage=settings.stage), host, port)
+            server = create_server(app, Config(chalice_stage=settings.stage), host, port)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 _say(f"ledger: port {port} on {host} is in use; choose another with --port")
                 return 1
             raise
-        stack.callback(server.server.server_close)
-        base = f"http://{host}:{port}"
+        stack.callback(server.server_close)
+        base = f"http://{host}:{server.port}"
+        state = discovery.ServeState(
+            pid=os.getpid(),
+            endpoint_url=settings.endpoint_url or "",
+            api_url=base,
+            stage=settings.stage,
+            region=settings.region,
+            journal=str(journal.path) if journal else None,
+        )
+        data_dir.mkdir(parents=True, exist_ok=True)
+        state.write(data_dir)
+        stack.callback(discovery.remove, data_dir)
         print(
             f"ledger ready: API {base} ({where}, stage {settings.stage}, region {settings.region}). "
-            f"Try: curl -s -X POST {base}/accounts -H 'Content-Type: application/json' "
-            f"-H 'Idempotency-Key: try-1' -d '{{\"account_id\":\"alice\",\"currency\":\"EUR\"}}'",
+            f"Try: curl -s {base}/openapi.json | head -c 300",
             flush=True,
         )
         try:
-            server.server.serve_forever()
+            server.serve_forever()
         except KeyboardInterrupt:
             _say("ledger: stopping")
     return 0

@@ -24,7 +24,7 @@ def closed(settings, ledger, dynamodb, monkeypatch):
 
 
 def audit(settings, *args: str) -> int:
-    return main(["audit", *args, "--stage", settings.stage, "--region", settings.region])
+    return main(["audit", *args, "--aws", "--stage", settings.stage, "--region", settings.region])
 
 
 def tamper(dynamodb, settings, event, **changes):

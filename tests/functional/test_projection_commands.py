@@ -66,7 +66,7 @@ def project(stage: Stage, client: Any, batch: list[dict[str, Any]]) -> None:
 
 
 def ledger_command(stage: Stage, *args: str) -> int:
-    return main(["projections", *args, "--stage", stage.settings.stage, "--region", REGION])
+    return main(["projections", *args, "--aws", "--stage", stage.settings.stage, "--region", REGION])
 
 
 def balance(stage: Stage, client: Any, account: str) -> tuple[int, int, int, int]:

@@ -32,7 +32,7 @@ def test_the_readme_tour_runs_against_a_real_server(served: Served) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Idempotent-Replayed: true" in result.stdout
     for code in ("insufficient_funds", "validation_error", "idempotency_key_missing", "idempotency_key_reused"):
-        assert f'"code": "{code}"' in result.stdout
+        assert f'"code":"{code}"' in result.stdout
     history = served.get("/accounts/alice/events?limit=1000")["events"]
     assert [e["type"] for e in history] == [
         "account.opened", "account.credited", "account.debited", "account.debited", "account.credited",
