@@ -30,6 +30,7 @@ class ServeState:
     stage: str
     region: str
     journal: str | None = None
+    dynamodb_pid: int | None = None
     regions: dict[str, dict[str, str]] | None = None  # with --regions: region -> {endpoint_url, api_url}
 
     def write(self, data_dir: Path) -> Path:

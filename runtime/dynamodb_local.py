@@ -238,6 +238,10 @@ class DynamoDBLocal:
         """The java process id while running, else None."""
         return self._process.pid if self._process is not None else None
 
+    def exited(self) -> int | None:
+        """The exit status if the java process died on its own (a crash, a kill), else None."""
+        return self._process.poll() if self._process is not None else None
+
     @property
     def log_path(self) -> Path | None:
         """Where the java process's stdout and stderr go while running."""

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
+import threading
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -42,19 +44,43 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _start_embedded(stack: ExitStack, data_dir: Path, port: int | None) -> tuple[str, str, bool]:
-    """Start the embedded database; return its endpoint, a description for the ready line, and if it keeps data."""
+def _start_embedded(stack: ExitStack, data_dir: Path, port: int | None) -> tuple[str, str, DynamoDBLocal | None]:
+    """Start the embedded database; return its endpoint, a description for the ready line, and DynamoDB Local."""
     if java_available():
         data_dir = data_dir.resolve()
         database = stack.enter_context(DynamoDBLocal(data_dir=data_dir, port=port))
-        return database.endpoint_url, f"DynamoDB Local at {database.endpoint_url}, data in {data_dir}", True
+        return database.endpoint_url, f"DynamoDB Local at {database.endpoint_url}, data in {data_dir}", database
     _say(
         "WARNING: Java was not found, so DynamoDB Local cannot run.\n"
         "WARNING: falling back to moto's IN-MEMORY DynamoDB: every account and event is LOST when this stops.\n"
         "WARNING: install Java 11+ (e.g. apt-get install openjdk-17-jre-headless) to keep data on disk."
     )
     database = stack.enter_context(MotoDynamoDB(port=port))
-    return database.endpoint_url, f"IN-MEMORY moto at {database.endpoint_url} (data is not kept)", False
+    return database.endpoint_url, f"IN-MEMORY moto at {database.endpoint_url} (data is not kept)", None
+
+
+def _watch(stack: ExitStack, database: DynamoDBLocal, crashed: threading.Event) -> None:
+    """Stop `serve` if DynamoDB Local dies under it: answering 503s for ever helps nobody.
+
+    Nothing acknowledged is lost: the next start replays the journal.
+    """
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            status = database.exited()
+            if status is not None:
+                _say(
+                    f"ledger: DynamoDB Local exited unexpectedly (status {status}); stopping. Start `ledger serve` "
+                    "again: every write it acknowledged is replayed from the journal"
+                )
+                crashed.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    thread = threading.Thread(target=watch, name="dynamodb-local-watch", daemon=True)
+    thread.start()
+    stack.callback(stop.set)
 
 
 def _recover(journal: WriteJournal, client) -> None:
@@ -108,17 +134,20 @@ def serve(
     """Run until Ctrl-C or SIGTERM; every child process stops with us."""
     with ExitStack() as stack:
         journal: WriteJournal | None = None
+        database: DynamoDBLocal | None = None
+        crashed = threading.Event()
         if settings.endpoint_url or not embedded:
             where = f"DynamoDB at {settings.endpoint_url or 'AWS'}"
         else:
             try:
-                endpoint, where, durable = _start_embedded(stack, data_dir, dynamodb_port)
+                endpoint, where, database = _start_embedded(stack, data_dir, dynamodb_port)
             except EmbeddedDynamoDBError as exc:
                 _say(f"ledger: {exc}")
                 return 1
             settings = replace(settings, endpoint_url=endpoint)
-            if durable:
+            if database is not None:
                 journal = WriteJournal(data_dir.resolve() / JOURNAL_FILE)
+                _watch(stack, database, crashed)
         client = dynamodb_client(settings)
         created = ensure_tables(client, settings)
         if created:
@@ -146,6 +175,7 @@ def serve(
             stage=settings.stage,
             region=settings.region,
             journal=str(journal.path) if journal else None,
+            dynamodb_pid=database.pid if journal and database else None,
         )
         data_dir.mkdir(parents=True, exist_ok=True)
         state.write(data_dir)
@@ -159,4 +189,4 @@ def serve(
             server.serve_forever()
         except KeyboardInterrupt:
             _say("ledger: stopping")
-    return 0
+    return 1 if crashed.is_set() else 0

@@ -69,5 +69,4 @@ def data_dir(tmp_path: Path) -> Path:
 def served(data_dir: Path) -> Iterator[Served]:
     server = Served(data_dir)
     yield server
-    if server.process.poll() is None:
-        server.stop()
+    server.stop()  # escalates to SIGKILL: a test never leaves a serve or a DynamoDB Local behind

@@ -32,6 +32,7 @@ class Served:
     """
 
     def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         self.process = subprocess.Popen(
             [*ledger_command(), "serve", "--port", str(pick_free_port()), "--data-dir", str(data_dir)],
@@ -73,8 +74,39 @@ class Served:
         except urllib.error.HTTPError as refused:
             return refused.code, json.load(refused)
 
-    def stop(self, sig: int = signal.SIGINT) -> int:
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout=30)
-        self._reader.join(timeout=5)
+    @property
+    def state(self) -> dict[str, Any]:
+        """What `serve` wrote to its data directory's serve.json."""
+        return json.loads((self.data_dir / "serve.json").read_text())
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        """Stop it as Ctrl-C would; if it does not stop in time, kill it (and its DynamoDB Local) and fail."""
+        java = self._java_pid()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            _kill(java)
+            raise AssertionError(f"ledger serve ignored signal {sig} for {timeout} s and was killed:\n" + "".join(self.output))
+        finally:
+            self._reader.join(timeout=5)
+        _kill(java)  # it dies with its parent; this is only the belt to those braces
         return code
+
+    def _java_pid(self) -> int | None:
+        try:
+            return self.state.get("dynamodb_pid")
+        except (OSError, ValueError):
+            return None
+
+
+def _kill(pid: int | None) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
