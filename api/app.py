@@ -18,9 +18,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalice import Chalice, Response
 from chalice.app import Request
 
-from audit.checkpoints import Checkpoints
+from audit.checkpoints import Checkpoints, Fold
 from audit.timeline import Timeline
 from ledger import errors
+from ledger.accounts import Account
 from ledger.bootstrap import build_ledger
 from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest
 from ledger.config import Settings
@@ -137,17 +138,33 @@ def get_balance(account_id: str) -> Response:
     if "at" in params:
         if "consistency" in params:
             raise errors.InvalidQuery("at reads the log itself; it takes no consistency")
-        return _json(200, _point_in_time(account_id, _required_past_time(params, "at")))
+        return _json(200, with_exact_money(_point_in_time(account_id, _past_time(params, "at"))))
     consistency = params.get("consistency", "eventual")
     if consistency not in ("eventual", "strong"):
         raise errors.InvalidQuery("consistency is eventual (the projected view) or strong (a fold of the log)")
-    return _json(200, current_balances().balance(account_id, consistency).to_json())  # type: ignore[arg-type]
+    view = current_balances().balance(account_id, consistency).to_json()  # type: ignore[arg-type]
+    return _json(200, with_exact_money(view))
+
+
+def with_exact_money(body: dict[str, Any]) -> dict[str, Any]:
+    """Each sum of money also as a decimal string (`balance_str`, ...), like Twitter's `id_str`.
+
+    A balance is a sum of amounts and may exceed 2^53, past which JavaScript's
+    numbers round (9907919180215090100 reads as ...089152). The numbers stay exact
+    JSON numbers; the strings are what a JavaScript client should read.
+    """
+    return {**body, **{f"{name}_str": str(body[name]) for name in ("balance", "credits", "debits")}}
+
+
+def _settled_fold(account_id: str, moment: datetime) -> tuple[Account, Fold]:
+    """The fold of the account's log up to `moment`, leaving out anything after its newest committed event."""
+    ledger = current_ledger()
+    account = ledger.get_account(account_id)
+    return account, Checkpoints(ledger.store).fold_at(account_id, moment, settled_until=account.last_event_id)
 
 
 def _point_in_time(account_id: str, moment: datetime) -> dict[str, Any]:
-    ledger = current_ledger()
-    account = ledger.get_account(account_id)
-    fold = Checkpoints(ledger.store).fold_at(account_id, moment)
+    account, fold = _settled_fold(account_id, moment)
     as_of = None
     if fold.last_event_id:
         as_of = {"event_id": fold.last_event_id, "recorded_at": format_rfc3339(ulid_time(fold.last_event_id))}
@@ -166,10 +183,8 @@ def _point_in_time(account_id: str, moment: datetime) -> dict[str, Any]:
 @route("/accounts/{account_id}/digest", methods=["GET"])
 def get_digest(account_id: str) -> Response:
     params = query_params(app.current_request, {"to"})
-    moment = _required_past_time(params, "to")
-    ledger = current_ledger()
-    ledger.get_account(account_id)
-    fold = Checkpoints(ledger.store).fold_at(account_id, moment)
+    moment = _past_time(params, "to")
+    account, fold = _settled_fold(account_id, moment)
     return _json(
         200,
         {
@@ -178,16 +193,19 @@ def get_digest(account_id: str) -> Response:
             "event_count": fold.event_count,
             "digest": fold.digest,
             "last_event_id": fold.last_event_id,
+            "settled_until": account.last_event_id,
             "algorithm": "sha256-chain-v1",
         },
     )
 
 
-def _required_past_time(params: dict[str, str], name: str) -> datetime:
+def _past_time(params: dict[str, str], name: str) -> datetime:
+    """An instant not in the future; absent, now (the answer then covers every committed event)."""
+    now = datetime.now(timezone.utc)
     moment = _time_param(params, name)
     if moment is None:
-        raise errors.InvalidQuery(f"{name} is required: an RFC 3339 time with a zone, such as 2026-11-22T10:00:00Z")
-    if moment > datetime.now(timezone.utc):
+        return now
+    if moment > now:
         raise errors.InvalidQuery(f"{name} is in the future; the ledger cannot answer for it yet")
     return moment
 

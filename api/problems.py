@@ -31,6 +31,7 @@ STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
     errors.DuplicateEvent: 409,
     errors.AlreadyReversed: 409,
     errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
     errors.WrongRegion: 421,
     errors.InvalidRequest: 422,
     errors.IdempotencyKeyReused: 422,

@@ -37,8 +37,32 @@ def _no_constants(name: str) -> Any:
     raise errors.MalformedRequest(f"{name} is not a JSON number")
 
 
+def json_media_type(value: str) -> bool:
+    """True for `application/json` with at most `charset=utf-8` parameters (case-insensitive).
+
+    Chalice accepts any header merely containing `application/json` (`text/plain,
+    application/json`) or `*/*`; a ledger accepts JSON said plainly.
+    """
+    media, *parameters = value.split(";")
+    if media.strip(" \t").lower() != "application/json":
+        return False
+    for parameter in parameters:
+        parameter = parameter.strip(" \t")
+        if not parameter:
+            continue
+        name, _, charset = parameter.partition("=")
+        if len(charset) >= 2 and charset[0] == charset[-1] == '"':
+            charset = charset[1:-1]
+        if name.lower() != "charset" or charset.lower() != "utf-8":
+            return False
+    return True
+
+
 def parse_body(request: Request, model: type[Model]) -> Model:
     """The body validated as `model`, or the precise reason it is refused."""
+    content_type = request.headers.get("content-type")
+    if content_type is not None and not json_media_type(content_type):
+        raise errors.UnsupportedMediaType(f"the body must be JSON (Content-Type: application/json), not {content_type[:100]!r}")
     raw = request.raw_body or b""
     if isinstance(raw, str):
         raw = raw.encode()

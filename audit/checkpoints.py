@@ -150,12 +150,19 @@ class Checkpoints:
                 return
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def fold_at(self, account_id: str, moment: datetime) -> Fold:
-        """The fold and digest of every event up to `moment` (inclusive, to the millisecond)."""
+    def fold_at(self, account_id: str, moment: datetime, settled_until: str | None = None) -> Fold:
+        """The fold and digest of every event up to `moment` (inclusive, to the millisecond).
+
+        With `settled_until` (the account's newest committed event), events after it
+        are left out: a write still in flight may commit later with an id just
+        before `moment`, and the answer must not change when it does.
+        """
         checkpoint = self.before(account_id, moment)
         state = Fold.after(checkpoint)
         start = checkpoint.ends if checkpoint else None
         for event in self._events(account_id, start, moment):
+            if settled_until is not None and event.event_id > settled_until:
+                break
             state.add(event)
         return state
 

@@ -42,6 +42,13 @@ class PayloadTooLarge(LedgerError):
     title = "The request body is too large"
 
 
+class UnsupportedMediaType(LedgerError):
+    """The body is declared as something other than JSON."""
+
+    code = "unsupported_media_type"
+    title = "The request body must be JSON"
+
+
 class InvalidIdentifier(LedgerError):
     """An id in the path or query is not of the allowed form."""
 

@@ -104,6 +104,7 @@ from chalice.local import (
 
 from api.problems import PROBLEM_CONTENT_TYPE
 from api.problems import problem_body as api_problem_body
+from api.requests import json_media_type
 
 __all__ = ["LedgerHTTPServer", "create_server", "default_allowed_hosts", "host_allowed", "json_media_type"]
 
@@ -153,23 +154,6 @@ def _reason(status: int) -> str:
 def problem_body(status: int, code: str, detail: str) -> bytes:
     """The app's own problem document (`api.problems`), titled with the status's reason phrase."""
     return api_problem_body(status, code, _reason(status), detail).encode("utf-8")
-
-
-def json_media_type(value: str) -> bool:
-    """True for `application/json` with at most `charset=utf-8` parameters (case-insensitive)."""
-    media, *parameters = value.split(";")
-    if media.strip(" \t").lower() != "application/json":
-        return False
-    for parameter in parameters:
-        parameter = parameter.strip(" \t")
-        if not parameter:
-            continue
-        name, _, charset = parameter.partition("=")
-        if len(charset) >= 2 and charset[0] == charset[-1] == '"':
-            charset = charset[1:-1]
-        if name.lower() != "charset" or charset.lower() != "utf-8":
-            return False
-    return True
 
 
 def _host_form(host: str) -> str:

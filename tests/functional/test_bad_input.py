@@ -279,7 +279,11 @@ def _query_cases() -> dict[str, Bad]:
 
 def _content_type_cases() -> dict[str, Bad]:
     cases: dict[str, Bad] = {}
-    for content_type in ("text/plain", "application/x-www-form-urlencoded", "application/xml", "multipart/form-data"):
+    for content_type in (
+        "text/plain", "application/x-www-form-urlencoded", "application/xml", "multipart/form-data",
+        "*/*", "text/plain, application/json", "text/html; application/json", "application/json; charset=latin-1",
+        "application/jsonx",
+    ):  # fmt: skip
         cases[f"credit as {content_type}"] = Bad(
             CREDIT, body=MOVE, status=415, code="unsupported_media_type", content_type=content_type
         )

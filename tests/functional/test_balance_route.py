@@ -10,6 +10,7 @@ from api_client import Api
 from stream_support import Stage, project_everything
 
 FIELDS = {"account_id", "currency", "balance", "credits", "debits", "event_count", "as_of", "consistency"}
+FIELDS |= {f"{name}_str" for name in ("balance", "credits", "debits")}
 
 
 @pytest.fixture
@@ -41,6 +42,9 @@ def test_an_account_with_nothing_projected_yet_reads_zero_with_no_as_of(api: Api
         "event_count": 0,
         "as_of": None,
         "consistency": "eventual",
+        "balance_str": "0",
+        "credits_str": "0",
+        "debits_str": "0",
     }
 
 
@@ -71,6 +75,9 @@ def test_a_strong_read_sees_a_write_before_any_projection(api: Api):
         "event_count": 3,
         "as_of": {"event_id": debit["event_id"], "recorded_at": debit["recorded_at"]},
         "consistency": "strong",
+        "balance_str": "650",
+        "credits_str": "900",
+        "debits_str": "250",
     }
 
 
@@ -112,3 +119,18 @@ def test_bad_query_parameters_are_400_invalid_query(api: Api, params: dict[str, 
     open_and_move(api)
     response = api.get("/accounts/alice/balance", params)
     assert (response.status, response.code) == (400, "invalid_query")
+
+
+def test_a_balance_beyond_two_to_the_53_is_exact_in_json_and_as_a_string(api: Api):
+    """JavaScript reads 9907919180215090100 as ...089152: the string twin is what it should read."""
+    api.post("/accounts", {"account_id": "whale", "currency": "EUR"})
+    for _ in range(3):
+        assert api.post("/accounts/whale/credits", {"amount": 2**53 - 1, "currency": "EUR"}).status == 201
+
+    response = api.get("/accounts/whale/balance", {"consistency": "strong"})
+
+    exact = 3 * (2**53 - 1)
+    assert exact > 2**53
+    assert f'"balance":{exact}' in response.body.decode()  # every digit, no float rounding
+    assert response.json["balance_str"] == str(exact) == response.json["credits_str"]
+    assert response.json["debits_str"] == "0"

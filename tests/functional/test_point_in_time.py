@@ -92,6 +92,7 @@ def test_the_api_answers_balance_at_and_digest_to(api, ledger, open_account):
         "event_count": count,
         "digest": digest,
         "last_event_id": events[count - 1].event_id,
+        "settled_until": None,  # appended below the service: the account item names no newest event
         "algorithm": "sha256-chain-v1",
     }
     before = api.get("/accounts/carol/balance", {"at": format_rfc3339(EPOCH - timedelta(days=1))}).json
@@ -104,10 +105,30 @@ def test_bad_instants_are_refused(api, ledger):
         ("/accounts/dave/balance", {"at": "yesterday"}, 400, "invalid_query"),
         ("/accounts/dave/balance", {"at": "2999-01-01T00:00:00Z"}, 400, "invalid_query"),
         ("/accounts/dave/balance", {"at": "2026-03-02T00:00:00Z", "consistency": "strong"}, 400, "invalid_query"),
-        ("/accounts/dave/digest", {}, 400, "invalid_query"),
+        ("/accounts/dave/digest", {"to": "0001-01-01T00:00:00"}, 400, "invalid_query"),  # no zone
         ("/accounts/dave/digest", {"to": "2026-03-02T00:00:00Z", "from": "x"}, 400, "invalid_query"),
         ("/accounts/nobody/digest", {"to": "2026-03-02T00:00:00Z"}, 404, "account_not_found"),
         ("/accounts/nobody/balance", {"at": "2026-03-02T00:00:00Z"}, 404, "account_not_found"),
     ]:
         response = api.get(path, params)
         assert (response.status, response.code) == (status, code), (path, params)
+
+
+def test_a_digest_without_to_covers_every_committed_event(api, open_account):
+    open_account("erin")
+    credit = api.post("/accounts/erin/credits", {"amount": 5, "currency": "EUR"}).json
+
+    summary = api.get("/accounts/erin/digest")
+
+    assert summary.status == 200
+    assert (summary.json["event_count"], summary.json["last_event_id"]) == (2, credit["events"][0]["event_id"])
+    assert summary.json["settled_until"] == credit["events"][0]["event_id"]
+
+
+def test_an_instant_in_year_one_is_echoed_in_rfc_3339(api, open_account):
+    open_account("frank")
+
+    response = api.get("/accounts/frank/balance", {"at": "0001-01-01T00:00:00Z"})
+
+    assert response.status == 200
+    assert response.json["at"] == "0001-01-01T00:00:00.000Z"
