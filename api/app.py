@@ -32,6 +32,7 @@ from projections.bootstrap import build_balance_store
 from projections.queries import BalanceQueries
 from projections.store import BalanceStore
 
+from . import openapi
 from .problems import problem_for, problem_from_chalice
 from .requests import caller, parse_body, query_params
 
@@ -279,6 +280,17 @@ def timeline() -> Response:
     page = Timeline(ledger.store, ledger.cursors).page(start, end, limit, params.get("cursor"))
     body = {"events": _events(page.events), "next_cursor": page.next_cursor}
     return _json(200, {**body, "settled_until": format_rfc3339(page.settled_until)})
+
+
+@route("/openapi.json", methods=["GET"])
+def openapi_document() -> Response:
+    query_params(app.current_request, set())
+    return Response(body=_openapi_text(), status_code=200, headers={"Content-Type": "application/json"})
+
+
+@functools.lru_cache(maxsize=1)
+def _openapi_text() -> str:
+    return openapi.rendered()
 
 
 def _int_param(params: dict[str, str], name: str, default: int) -> int:

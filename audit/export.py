@@ -130,6 +130,7 @@ def export(
     out: Path,
     progress: Callable[[int], None] | None = None,
     digest_before: str | None = None,
+    settled_until: str | dict[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """Write every event of `source` to `out` (resuming a partial export of the same query); return the manifest."""
     state = out.with_name(out.name + ".export.json")
@@ -160,6 +161,8 @@ def export(
     if progress:
         progress(count)
     manifest = _manifest(out, query, count, digest_before)
+    if settled_until is not None:
+        manifest["settled_until"] = settled_until  # events after it may still arrive: re-export to include them
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     state.unlink()
     return manifest

@@ -425,7 +425,7 @@ class Ledger:
         settled = self.get_account(account_id).last_event_id  # also: an unknown account is a 404
         top = min(high, settled) if settled else high
         events, more = self._store.account_events(
-            account_id, low, top, ascending=order == "asc", limit=limit, after=resume if resume and resume >= low else None
+            account_id, low, top, ascending=order == "asc", limit=limit, after=resume
         ) if low <= top else ([], False)
         next_cursor = self._write_cursor(account_id, order, low, high, events[-1].event_id) if more else None
         return HistoryPage(events, next_cursor, settled)

@@ -472,7 +472,12 @@ class EventStore:
             "ConsistentRead": True,
         }
         if after:
-            request["ExclusiveStartKey"] = {"entity_id": {"S": account_id}, "event_id": {"S": after}}
+            # DynamoDB refuses a start key outside the key condition's range (ValidationException):
+            # past the end there is nothing to read; before the start, read from the start.
+            if (after >= high) if ascending else (after <= low):
+                return [], False
+            if low <= after <= high:
+                request["ExclusiveStartKey"] = {"entity_id": {"S": account_id}, "event_id": {"S": after}}
         found: list[Event] = []
         for item in self._query(request, want=limit + 1):
             found.append(event_from_item(item))

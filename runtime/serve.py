@@ -44,11 +44,13 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _start_embedded(stack: ExitStack, data_dir: Path, port: int | None) -> tuple[str, str, DynamoDBLocal | None]:
+def _start_embedded(
+    stack: ExitStack, data_dir: Path, port: int | None, allow_exposed: bool = False
+) -> tuple[str, str, DynamoDBLocal | None]:
     """Start the embedded database; return its endpoint, a description for the ready line, and DynamoDB Local."""
     if java_available():
         data_dir = data_dir.resolve()
-        database = stack.enter_context(DynamoDBLocal(data_dir=data_dir, port=port))
+        database = stack.enter_context(DynamoDBLocal(data_dir=data_dir, port=port, allow_exposed=allow_exposed))
         return database.endpoint_url, f"DynamoDB Local at {database.endpoint_url}, data in {data_dir}", database
     _say(
         "WARNING: Java was not found, so DynamoDB Local cannot run.\n"
@@ -130,6 +132,7 @@ def serve(
     dynamodb_port: int | None = None,
     projector: bool = True,
     embedded: bool = True,
+    allow_exposed_dynamodb: bool = False,
 ) -> int:
     """Run until Ctrl-C or SIGTERM; every child process stops with us."""
     with ExitStack() as stack:
@@ -140,7 +143,7 @@ def serve(
             where = f"DynamoDB at {settings.endpoint_url or 'AWS'}"
         else:
             try:
-                endpoint, where, database = _start_embedded(stack, data_dir, dynamodb_port)
+                endpoint, where, database = _start_embedded(stack, data_dir, dynamodb_port, allow_exposed_dynamodb)
             except EmbeddedDynamoDBError as exc:
                 _say(f"ledger: {exc}")
                 return 1

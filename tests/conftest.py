@@ -8,6 +8,7 @@ import botocore.client
 import pytest
 
 from event_log_guard import EventLogGuard
+import profiles  # noqa: F401 - registers and loads the Hypothesis profile
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = EventLogGuard(ROOT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 
+from profiles import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
@@ -37,7 +38,7 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations)
 def test_each_key_records_at_most_once_and_replays_are_byte_identical(steps) -> None:
     with mock_aws():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 
+from profiles import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +37,7 @@ class CountingClient:
         return response
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     amounts=st.lists(st.tuples(st.integers(1, 6 * DAY_MS), st.integers(-500, 500).filter(bool)), min_size=1, max_size=30),
     closed_until=st.one_of(st.none(), st.integers(0, 7 * DAY_MS)),

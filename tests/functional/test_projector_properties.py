@@ -25,6 +25,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from profiles import examples
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -175,7 +176,7 @@ def record(ledger: Ledger, count: int, operations: list[tuple]) -> tuple[list[st
 # -- the property ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(scenario=ledgers(), data=st.data())
 def test_every_balance_is_the_fold_of_its_log_whatever_the_delivery_and_the_crashes(
     moto_dynamodb: Any, streams: Any, scenario: tuple[int, list[tuple]], data: st.DataObject

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from datetime import timedelta
 
+from profiles import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,7 +41,7 @@ def read_all_pages(api, start, end, limit):
         assert response.json["events"], "a page with a cursor must not be empty"
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     moments=st.lists(st.tuples(st.sampled_from(["alice", "bob", "carol", "dave"]), st.integers(0, 5 * DAY * 1000)), max_size=40),
     window=st.tuples(st.integers(-DAY * 1000, 6 * DAY * 1000), st.integers(0, 7 * DAY * 1000)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from profiles import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -129,7 +130,7 @@ def _events_of(drawn) -> list:
     return [make_event(kind, amount, number=base + i) for i, (kind, amount) in enumerate(drawn)]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(data=st.data(), drawn=movements)
 def test_the_order_of_events_does_not_change_the_change(data, drawn):
     events = _events_of(drawn)
@@ -138,7 +139,7 @@ def test_the_order_of_events_does_not_change_the_change(data, drawn):
     assert BalanceChange.of(shuffled) == BalanceChange.of(events)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(drawn=movements)
 def test_the_change_agrees_with_a_plain_sum_of_the_movements(drawn):
     change = BalanceChange.of(_events_of(drawn))
@@ -154,7 +155,7 @@ def test_the_change_agrees_with_a_plain_sum_of_the_movements(drawn):
     assert change.credits >= 0 and change.debits >= 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(data=st.data(), drawn=movements)
 def test_fold_by_account_ignores_order_and_duplicates(data, drawn):
     events = _events_of(drawn)
