@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -31,6 +31,7 @@ import ulid
 from botocore.exceptions import ClientError
 
 from ledger.events import Event
+from ledger.fold import Totals
 from ledger.ids import format_rfc3339, time_range_bounds, ulid_time
 from ledger.store import EventStore, deserialize, serialize
 
@@ -65,41 +66,37 @@ class Checkpoint:
 
 @dataclass
 class Fold:
-    """The running state of a replay: the fold and the digest chain."""
+    """The running state of a replay: the domain's fold (`ledger.fold.Totals`) and the digest chain."""
 
-    currency: str | None = None
-    balance: int = 0
-    credits: int = 0
-    debits: int = 0
-    event_count: int = 0
+    totals: Totals = field(default_factory=Totals)
     digest: str = GENESIS_DIGEST
-    last_event_id: str | None = None
     day_fingerprints: list[bytes] = field(default_factory=list)
 
     @classmethod
     def after(cls, checkpoint: Checkpoint | None) -> Fold:
         if checkpoint is None:
             return cls()
-        return cls(
-            checkpoint.currency,
-            checkpoint.balance,
-            checkpoint.credits,
-            checkpoint.debits,
-            checkpoint.event_count,
-            checkpoint.digest,
-            checkpoint.last_event_id,
-        )
+        totals = Totals(
+            checkpoint.currency, checkpoint.balance, checkpoint.credits, checkpoint.debits, checkpoint.event_count,
+            checkpoint.last_event_id or None,
+        )  # fmt: skip
+        return cls(totals, checkpoint.digest)
+
+    def copy(self) -> Fold:
+        return Fold(replace(self.totals), self.digest)
 
     def add(self, event: Event) -> None:
-        amount = event.signed_amount
-        self.currency = self.currency or event.currency
-        self.balance += amount
-        self.credits += max(amount, 0)
-        self.debits += max(-amount, 0)
-        self.event_count += 1
+        self.totals.add(event)
         self.digest = chain(self.digest, canonical_line(event))
-        self.last_event_id = event.event_id
         self.day_fingerprints.append(fingerprint(event))
+
+    # The figures, read through to the fold.
+    currency = property(lambda self: self.totals.currency)
+    balance = property(lambda self: self.totals.balance)
+    credits = property(lambda self: self.totals.credits)
+    debits = property(lambda self: self.totals.debits)
+    event_count = property(lambda self: self.totals.event_count)
+    last_event_id = property(lambda self: self.totals.newest_event_id)
 
     def checkpoint(self, account_id: str, period: str) -> Checkpoint:
         prints = b"".join(self.day_fingerprints) if len(self.day_fingerprints) <= MAX_FINGERPRINTS else None

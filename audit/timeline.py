@@ -5,7 +5,7 @@ the event id and sorted by event id. A window, whatever its length, is one range
 query per shard, merged in order: an empty year costs `TIME_SHARDS` requests, not a
 query per day and shard. A page asks each shard first for its share of the page
 (`limit / TIME_SHARDS`, plus one to look ahead), then refills only the shard the
-merge runs dry on, with what the page still lacks, so it reads little more than it
+merge runs dry on, with half of what the page still lacks, so it reads little more than it
 returns however the events fall. An export reads each shard in large pages: its
 cost is linear in the events exported.
 
@@ -94,7 +94,7 @@ class Timeline:
 
         def want(first: bool) -> int:
             lacking = limit + 1 - len(found)  # one more than the page, to know whether more remain
-            share = -(-lacking // TIME_SHARDS) + 1 if first else lacking
+            share = -(-lacking // TIME_SHARDS) + 1 if first else -(-lacking // 2) + 1
             return max(2, min(share, MAX_QUERY_LIMIT))
 
         for event in self._merged(start, end, after, want):

@@ -45,7 +45,7 @@ def verify_account(checkpoints: Checkpoints, account_id: str, events: Iterable[E
 
     def settle(checkpoint: Checkpoint) -> None:
         if (state.digest, state.event_count, state.balance) != (checkpoint.digest, checkpoint.event_count, checkpoint.balance):
-            mismatches.append((checkpoint, _copy(state), list(target_events)))
+            mismatches.append((checkpoint, state.copy(), list(target_events)))
 
     for event in events:
         day = day_of(event.event_id)
@@ -64,10 +64,6 @@ def verify_account(checkpoints: Checkpoints, account_id: str, events: Iterable[E
         return None
     checkpoint, replayed, listed = mismatches[0]
     return _explain(checkpoint, replayed, listed, len(mismatches) - 1)
-
-
-def _copy(state: Fold) -> Fold:
-    return Fold(state.currency, state.balance, state.credits, state.debits, state.event_count, state.digest, state.last_event_id)
 
 
 def _explain(checkpoint: Checkpoint, replayed: Fold, day_events: list[Event], later: int) -> Finding:

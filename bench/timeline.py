@@ -81,7 +81,7 @@ def page(http: Any, start: datetime, end: datetime, limit: int, cursor: str | No
     params = {"from": format_rfc3339(start), "to": format_rfc3339(end), "limit": limit}
     if cursor:
         params["cursor"] = cursor
-    response = http.get(f"/events?{urlencode(params)}")
+    response = http.http.get(f"/events?{urlencode(params)}")
     assert response.status_code == 200, response.body
     import json
 

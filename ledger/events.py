@@ -3,13 +3,11 @@
 An event is keyed by `entity_id` (the account) and `event_id` (a ULID). `amount` is
 always a positive integer of minor units; the event's type gives the direction, and
 `signed_amount` is the one place that turns a type into a sign. A balance is the
-fold of `signed_amount` over an account's events: the projector and the auditor's
-replay both use `fold_balance`.
+fold of `signed_amount` over an account's events (`ledger.fold.Totals`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -81,8 +79,3 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 def parse_event(data: dict) -> Event:
     """Build the right event class from its stored or wire form."""
     return EVENT_ADAPTER.validate_python(data)
-
-
-def fold_balance(events: Iterable[Event]) -> int:
-    """The balance an account's events add up to."""
-    return sum(event.signed_amount for event in events)

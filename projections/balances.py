@@ -1,4 +1,4 @@
-"""The pure fold from events to balances: no IO, shared by the projector and the auditor.
+"""What a set of one account's events adds to its view: the domain's fold (`ledger.fold`), per account.
 
 `BalanceChange.of(events)` is what a set of one account's events adds to its view;
 the view after all events is the change of the whole log. The projector applies
@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ledger.events import Event
+from ledger.fold import Totals
 
 
 @dataclass(frozen=True)
@@ -33,18 +34,16 @@ class BalanceChange:
             raise ValueError("a change needs at least one event")
         if len({e.entity_id for e in events}) != 1:
             raise ValueError("a change covers one account")
-        newest = max(events, key=lambda e: e.event_id)
-        credits = sum(e.signed_amount for e in events if e.signed_amount > 0)
-        debits = -sum(e.signed_amount for e in events if e.signed_amount < 0)
+        totals = Totals.of(events)
         return cls(
-            account_id=newest.entity_id,
-            currency=newest.currency,
-            balance=credits - debits,
-            credits=credits,
-            debits=debits,
-            event_count=len(events),
-            newest_event_id=newest.event_id,
-            newest_recorded_at=newest.recorded_at,
+            account_id=events[0].entity_id,
+            currency=totals.currency or "",
+            balance=totals.balance,
+            credits=totals.credits,
+            debits=totals.debits,
+            event_count=totals.event_count,
+            newest_event_id=totals.newest_event_id or "",
+            newest_recorded_at=totals.newest_recorded_at or "",
         )
 
 

@@ -7,7 +7,8 @@ import pytest
 from api.app import use_ledger
 from ledger.bootstrap import build_ledger
 from ledger.config import Settings
-from ledger.events import fold_balance, parse_event
+from ledger.events import parse_event
+from ledger.fold import Totals
 
 
 def history(api, account_id: str) -> list[dict]:
@@ -17,7 +18,7 @@ def history(api, account_id: str) -> list[dict]:
 
 
 def balance(api, account_id: str) -> int:
-    return fold_balance(parse_event(event) for event in history(api, account_id))
+    return Totals.of(parse_event(event) for event in history(api, account_id)).balance
 
 
 def credit(api, account_id: str, amount: int, currency: str = "EUR"):

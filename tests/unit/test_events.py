@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from ledger.events import AccountOpened, Credited, Debited, fold_balance, parse_event
+from ledger.events import AccountOpened, Credited, Debited, parse_event
+from ledger.fold import Totals
 
 _next_id = iter(range(10**6))
 
@@ -32,7 +33,7 @@ def event_data(kind: str, amount: int | None = None, **fields) -> dict:
 
 
 def test_the_balance_of_no_events_is_zero():
-    assert fold_balance([]) == 0
+    assert Totals.of([]).balance == 0
 
 
 def test_the_balance_is_credits_minus_debits_and_opening_adds_nothing():
@@ -44,18 +45,18 @@ def test_the_balance_is_credits_minus_debits_and_opening_adds_nothing():
         parse_event(event_data("debited", 300)),
     ]
 
-    assert fold_balance(events) == 455
+    assert Totals.of(events).balance == 455
 
 
 def test_the_fold_does_not_depend_on_order():
     movements = [("credited", 7), ("debited", 9), ("credited", 1)]
     events = [parse_event(event_data(kind, amount)) for kind, amount in movements]
 
-    assert fold_balance(events) == fold_balance(reversed(events)) == -1
+    assert Totals.of(events).balance == Totals.of(reversed(events)).balance == -1
 
 
 def test_the_fold_may_go_below_zero():
-    assert fold_balance([parse_event(event_data("debited", 40))]) == -40
+    assert Totals.of([parse_event(event_data("debited", 40))]).balance == -40
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ from botocore.exceptions import ClientError
 
 from ledger import errors
 from ledger.commands import ReversalRequest
-from ledger.events import AccountOpened, Credited, Debited, Event, fold_balance
+from ledger.events import AccountOpened, Credited, Debited, Event
+from ledger.fold import Totals
 from ledger.reversals import check_reversible, legs_complete, reversal_legs
 from ledger.schema import IDEMPOTENCY_TTL_ATTRIBUTE, LedgerTables
 from ledger.service import Caller, Ledger, RetryPolicy
@@ -92,7 +93,7 @@ def test_each_leg_gets_one_leg_of_the_same_amount_on_the_same_account_in_the_oth
     assert [r.signed_amount for r in reversed_legs] == [-o.signed_amount for o in legs]
     for account in {o.entity_id for o in legs}:
         mine = [e for e in [*legs, *reversed_legs] if e.entity_id == account]
-        assert fold_balance(mine) == 0
+        assert Totals.of(mine).balance == 0
 
 
 def test_a_transfer_reversal_debits_the_payee_and_credits_the_payer_keeping_the_counterparties():
