@@ -1,4 +1,4 @@
-"""Chalice's entry point: the HTTP API and the stream projector, in one app.
+"""Chalice's entry point: the HTTP API and the stream projector, in one app over this region's root.
 
 The projector runs on the events table's stream. Chalice needs the stream ARN when
 it packages the app (LEDGER_EVENTS_STREAM_ARN); the deploy template must also set
@@ -9,11 +9,11 @@ since the projector deduplicates, but slower).
 
 import os
 
-from api.app import app
-from ledger.config import Settings
-from projections.bootstrap import build_stream_handler
+from api.app import create_app
+from composition.root import Root
 
-_project = build_stream_handler(Settings.from_env())
+root = Root.from_environment()  # builds nothing yet: every part is made on first use
+app = create_app(root)
 
 
 @app.on_dynamodb_record(
@@ -23,4 +23,4 @@ _project = build_stream_handler(Settings.from_env())
     maximum_batching_window_in_seconds=1,
 )
 def project_events(event):
-    return _project(event.to_dict(), event.context)
+    return root.stream_handler(event.to_dict(), event.context)

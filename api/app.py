@@ -1,98 +1,100 @@
 """The HTTP surface of the ledger (Chalice). Parsing in, domain calls, responses out.
 
 No business rule lives here: requests become domain values (`api.requests`), the
-`Ledger` decides, and errors become problem details (`api.problems`). The `Ledger`
-is built on first use from the environment (`ledger.bootstrap`), or injected with
-`use_ledger` by tests and the local runtime.
+`Ledger` decides, and errors become problem details (`api.problems`). The domain
+returns domain results; status codes, headers and the JSON of reads are made here.
+
+`create_app(root)` builds one Chalice app over one region's composition root
+(`composition.root.Root`): Lambda's `app.py` builds it from the environment, a test
+or `ledger serve --regions` builds one per region. Views are plain functions of a
+`View` (the root and the current request) and their path parameters, registered on
+each app the factory makes.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 from aws_lambda_powertools import Logger
 from botocore.exceptions import BotoCoreError, ClientError
 from chalice import Chalice, Response
 from chalice.app import Request
 
-from audit.checkpoints import Checkpoints, Fold
-from audit.timeline import Timeline
+from audit.checkpoints import Fold
+from composition.root import Root
 from ledger import errors
 from ledger.accounts import Account
-from ledger.bootstrap import build_ledger
 from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest
-from ledger.config import Settings
 from ledger.events import Event
 from ledger.ids import format_rfc3339, parse_rfc3339, ulid_time
-from ledger.service import DEFAULT_PAGE, MAX_PAGE, Ledger, Outcome
-from projections.bootstrap import build_balance_store
-from projections.queries import BalanceQueries
-from projections.store import BalanceStore
+from ledger.service import DEFAULT_PAGE, MAX_PAGE, Outcome
+from projections.queries import BalanceView
 
 from . import openapi
 from .problems import problem_for, problem_from_chalice
 from .requests import caller, parse_body, query_params
 
-app = Chalice(app_name="dynamo-ledger")
 logger = Logger(service="ledger-api")
 
-_ledger: Ledger | None = None
-_balances: BalanceQueries | None = None
+
+@dataclass(frozen=True)
+class View:
+    """What a view works with: this region's parts and the request being answered."""
+
+    root: Root
+    request: Request
 
 
-def use_ledger(ledger: Ledger | None, balances: BalanceStore | None = None) -> None:
-    """Serve with this `Ledger` and balance store (None: build from the environment on next use)."""
-    global _ledger, _balances
-    _ledger = ledger
-    _balances = BalanceQueries(balances, ledger) if ledger is not None and balances is not None else None
+_ROUTES: list[tuple[str, list[str], Callable[..., Response]]] = []
 
 
-def current_ledger() -> Ledger:
-    global _ledger
-    if _ledger is None:
-        _ledger = build_ledger(Settings.from_env())
-    return _ledger
+def route(path: str, methods: list[str]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """Declare a view; `create_app` registers it on every app, answering refusals as problem documents."""
+
+    def declare(view: Callable[..., Response]) -> Callable[..., Response]:
+        _ROUTES.append((path, methods, view))
+        return view
+
+    return declare
 
 
-def current_balances() -> BalanceQueries:
-    global _balances
-    if _balances is None:
-        _balances = BalanceQueries(build_balance_store(Settings.from_env()), current_ledger())
-    return _balances
+def create_app(root: Root) -> Chalice:
+    """The ledger's API over one region's root."""
+    app = Chalice(app_name="dynamo-ledger")
+    app.register_middleware(_problem_details, "http")
+    for path, methods, view in _ROUTES:
+        app.route(path, methods=methods, name=view.__name__)(_bound(app, root, view))
+    return app
 
 
-@app.middleware("http")
-def problem_details(event: Request, get_response: Callable[[Request], Response]) -> Response:
+def _bound(app: Chalice, root: Root, view: Callable[..., Response]) -> Callable[..., Response]:
+    @functools.wraps(view)
+    def answer(**path_params: str) -> Response:
+        try:
+            return view(View(root, app.current_request), **path_params)
+        except errors.LedgerError as error:
+            return problem_for(error)
+        except (BotoCoreError, ClientError) as failure:
+            # DynamoDB failed (throttled past botocore's retries, 5xx, unreachable, an
+            # unknown error): a fast, retryable 503, never a 500.
+            logger.exception("store failure", extra={"error_code": _error_code(failure)})
+            return problem_for(errors.StoreUnavailable("the ledger's store did not answer; retry with the same Idempotency-Key"))
+
+    return answer
+
+
+def _problem_details(event: Request, get_response: Callable[[Request], Response]) -> Response:
     """Every refusal, ours or Chalice's, leaves as a problem document; crashes too."""
     logger.set_correlation_id((event.context or {}).get("requestId"))
     response = get_response(event)
     if response.status_code >= 400 and isinstance(response.body, dict) and "Code" in response.body:
         return problem_from_chalice(response)
     return response
-
-
-def route(path: str, methods: list[str]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
-    """`app.route`, with every `LedgerError` the view raises answered as a problem document."""
-
-    def register(view: Callable[..., Response]) -> Callable[..., Response]:
-        @functools.wraps(view)
-        def refusing(*args: Any, **kwargs: Any) -> Response:
-            try:
-                return view(*args, **kwargs)
-            except errors.LedgerError as error:
-                return problem_for(error)
-            except (BotoCoreError, ClientError) as failure:
-                # DynamoDB failed (throttled past botocore's retries, 5xx, unreachable, an
-                # unknown error): a fast, retryable 503, never a 500.
-                logger.exception("store failure", extra={"error_code": _error_code(failure)})
-                return problem_for(errors.StoreUnavailable("the ledger's store did not answer; retry with the same Idempotency-Key"))
-
-        return app.route(path, methods=methods)(refusing)
-
-    return register
 
 
 def _error_code(failure: Exception) -> str:
@@ -110,12 +112,13 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 
 
 def _written(outcome: Outcome) -> Response:
-    headers = {"Content-Type": "application/json", **outcome.headers}
+    """201 Created, with where to read it; a replay says so (and is byte for byte the first answer)."""
+    headers = {"Content-Type": "application/json", "Location": outcome.resource}
     if outcome.replayed:
         headers["Idempotent-Replayed"] = "true"
     else:
-        logger.info("recorded", extra={"resource": outcome.headers.get("Location")})  # `location` is Powertools' own key
-    return Response(body=outcome.body, status_code=outcome.status_code, headers=headers)
+        logger.info("recorded", extra={"resource": outcome.resource})  # `location` is Powertools' own key
+    return Response(body=outcome.body, status_code=201, headers=headers)
 
 
 def _events(events: list[Event]) -> list[dict[str, Any]]:
@@ -123,28 +126,41 @@ def _events(events: list[Event]) -> list[dict[str, Any]]:
 
 
 @route("/accounts", methods=["POST"])
-def open_account() -> Response:
-    request = app.current_request
-    return _written(current_ledger().open_account(caller(request), parse_body(request, OpenAccountRequest)))
+def open_account(view: View) -> Response:
+    request = view.request
+    return _written(view.root.ledger.open_account(caller(request), parse_body(request, OpenAccountRequest)))
 
 
 @route("/accounts/{account_id}", methods=["GET"])
-def get_account(account_id: str) -> Response:
-    return _json(200, current_ledger().get_account(account_id).public())
+def get_account(view: View, account_id: str) -> Response:
+    return _json(200, view.root.ledger.get_account(account_id).public())
 
 
 @route("/accounts/{account_id}/balance", methods=["GET"])
-def get_balance(account_id: str) -> Response:
-    params = query_params(app.current_request, {"consistency", "at"})
+def get_balance(view: View, account_id: str) -> Response:
+    params = query_params(view.request, {"consistency", "at"})
     if "at" in params:
         if "consistency" in params:
             raise errors.InvalidQuery("at reads the log itself; it takes no consistency")
-        return _json(200, with_exact_money(_point_in_time(account_id, _past_time(params, "at"))))
+        return _json(200, with_exact_money(_point_in_time(view.root, account_id, _past_time(params, "at"))))
     consistency = params.get("consistency", "eventual")
     if consistency not in ("eventual", "strong"):
         raise errors.InvalidQuery("consistency is eventual (the projected view) or strong (a fold of the log)")
-    view = current_balances().balance(account_id, consistency).to_json()  # type: ignore[arg-type]
-    return _json(200, with_exact_money(view))
+    balance = view.root.balances.balance(account_id, consistency)  # type: ignore[arg-type]
+    return _json(200, with_exact_money(_balance_json(balance)))
+
+
+def _balance_json(balance: BalanceView) -> dict[str, Any]:
+    return {
+        "account_id": balance.account_id,
+        "currency": balance.currency,
+        "balance": balance.balance,
+        "credits": balance.credits,
+        "debits": balance.debits,
+        "event_count": balance.event_count,
+        "as_of": balance.as_of,
+        "consistency": balance.consistency,
+    }
 
 
 def with_exact_money(body: dict[str, Any]) -> dict[str, Any]:
@@ -157,15 +173,14 @@ def with_exact_money(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, **{f"{name}_str": str(body[name]) for name in ("balance", "credits", "debits")}}
 
 
-def _settled_fold(account_id: str, moment: datetime) -> tuple[Account, Fold]:
+def _settled_fold(root: Root, account_id: str, moment: datetime) -> tuple[Account, Fold]:
     """The fold of the account's log up to `moment`, leaving out anything after its newest committed event."""
-    ledger = current_ledger()
-    account = ledger.get_account(account_id)
-    return account, Checkpoints(ledger.store).fold_at(account_id, moment, settled_until=account.last_event_id)
+    account = root.ledger.get_account(account_id)
+    return account, root.checkpoints.fold_at(account_id, moment, settled_until=account.last_event_id)
 
 
-def _point_in_time(account_id: str, moment: datetime) -> dict[str, Any]:
-    account, fold = _settled_fold(account_id, moment)
+def _point_in_time(root: Root, account_id: str, moment: datetime) -> dict[str, Any]:
+    account, fold = _settled_fold(root, account_id, moment)
     as_of = None
     if fold.last_event_id:
         as_of = {"event_id": fold.last_event_id, "recorded_at": format_rfc3339(ulid_time(fold.last_event_id))}
@@ -182,10 +197,10 @@ def _point_in_time(account_id: str, moment: datetime) -> dict[str, Any]:
 
 
 @route("/accounts/{account_id}/digest", methods=["GET"])
-def get_digest(account_id: str) -> Response:
-    params = query_params(app.current_request, {"to"})
+def get_digest(view: View, account_id: str) -> Response:
+    params = query_params(view.request, {"to"})
     moment = _past_time(params, "to")
-    account, fold = _settled_fold(account_id, moment)
+    account, fold = _settled_fold(view.root, account_id, moment)
     return _json(
         200,
         {
@@ -212,26 +227,26 @@ def _past_time(params: dict[str, str], name: str) -> datetime:
 
 
 @route("/accounts/{account_id}/credits", methods=["POST"])
-def credit(account_id: str) -> Response:
-    request = app.current_request
-    return _written(current_ledger().credit(caller(request), account_id, parse_body(request, MovementRequest)))
+def credit(view: View, account_id: str) -> Response:
+    request = view.request
+    return _written(view.root.ledger.credit(caller(request), account_id, parse_body(request, MovementRequest)))
 
 
 @route("/accounts/{account_id}/debits", methods=["POST"])
-def debit(account_id: str) -> Response:
-    request = app.current_request
-    return _written(current_ledger().debit(caller(request), account_id, parse_body(request, MovementRequest)))
+def debit(view: View, account_id: str) -> Response:
+    request = view.request
+    return _written(view.root.ledger.debit(caller(request), account_id, parse_body(request, MovementRequest)))
 
 
 @route("/transfers", methods=["POST"])
-def transfer() -> Response:
-    request = app.current_request
-    return _written(current_ledger().transfer(caller(request), parse_body(request, TransferRequest)))
+def transfer(view: View) -> Response:
+    request = view.request
+    return _written(view.root.ledger.transfer(caller(request), parse_body(request, TransferRequest)))
 
 
 @route("/transactions/{transaction_id}", methods=["GET"])
-def get_transaction(transaction_id: str) -> Response:
-    ledger = current_ledger()
+def get_transaction(view: View, transaction_id: str) -> Response:
+    ledger = view.root.ledger
     events = ledger.transaction(transaction_id)
     body: dict[str, Any] = {"transaction_id": transaction_id, "type": events[0].transaction_type}
     if events[0].reverses:
@@ -243,20 +258,20 @@ def get_transaction(transaction_id: str) -> Response:
 
 
 @route("/transactions/{transaction_id}/reversal", methods=["POST"])
-def reverse_transaction(transaction_id: str) -> Response:
-    request = app.current_request
+def reverse_transaction(view: View, transaction_id: str) -> Response:
+    request = view.request
     # The body is optional: no body (or `{}`) reverses with a default description.
     body = parse_body(request, ReversalRequest) if request.raw_body else ReversalRequest()
-    return _written(current_ledger().reverse(caller(request), transaction_id, body))
+    return _written(view.root.ledger.reverse(caller(request), transaction_id, body))
 
 
 @route("/accounts/{account_id}/events", methods=["GET"])
-def account_events(account_id: str) -> Response:
-    params = query_params(app.current_request, {"limit", "cursor", "from", "to", "order", "after"})
+def account_events(view: View, account_id: str) -> Response:
+    params = query_params(view.request, {"limit", "cursor", "from", "to", "order", "after"})
     order = params.get("order", "asc")
     if order not in ("asc", "desc"):
         raise errors.InvalidQuery("order is asc or desc")
-    page = current_ledger().history(
+    page = view.root.ledger.history(
         account_id,
         limit=_int_param(params, "limit", DEFAULT_PAGE),
         cursor=params.get("cursor"),
@@ -270,21 +285,20 @@ def account_events(account_id: str) -> Response:
 
 
 @route("/events", methods=["GET"])
-def timeline() -> Response:
-    params = query_params(app.current_request, {"limit", "cursor", "from", "to"})
+def timeline(view: View) -> Response:
+    params = query_params(view.request, {"limit", "cursor", "from", "to"})
     start, end = _time_param(params, "from"), _time_param(params, "to")
     if start is None:
         raise errors.InvalidQuery("from is required: the window's start, an RFC 3339 time with a zone (to defaults to the settled now)")
     limit = _int_param(params, "limit", DEFAULT_PAGE)
-    ledger = current_ledger()
-    page = Timeline(ledger.store, ledger.cursors).page(start, end, limit, params.get("cursor"))
+    page = view.root.timeline.page(start, end, limit, params.get("cursor"))
     body = {"events": _events(page.events), "next_cursor": page.next_cursor}
     return _json(200, {**body, "settled_until": format_rfc3339(page.settled_until)})
 
 
 @route("/openapi.json", methods=["GET"])
-def openapi_document() -> Response:
-    query_params(app.current_request, set())
+def openapi_document(view: View) -> Response:
+    query_params(view.request, set())
     return Response(body=_openapi_text(), status_code=200, headers={"Content-Type": "application/json"})
 
 

@@ -25,17 +25,19 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING
 
 import ulid
-from botocore.exceptions import ClientError
 
 from ledger.events import Event
 from ledger.fold import Totals
 from ledger.ids import format_rfc3339, time_range_bounds, ulid_time
-from ledger.store import EventStore, deserialize, serialize
+from ledger.store import EventStore
 
 from .canonical import GENESIS_DIGEST, canonical_line, chain
+
+if TYPE_CHECKING:
+    from .store import CheckpointStore
 
 SETTLE = timedelta(hours=1)
 MAX_FINGERPRINTS = 15_000  # 20 bytes each: a checkpoint item stays far below 400 KB
@@ -111,10 +113,16 @@ def day_of(event_id: str) -> str:
 
 
 class Checkpoints:
-    def __init__(self, store: EventStore, clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+    """Checkpoints built from the log (`events`), kept in their own store."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        events: EventStore,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ) -> None:
         self._store = store
-        self._client = store.client
-        self._table = store.tables.checkpoints
+        self._events_store = events
         self._clock = clock
 
     # -- reads ------------------------------------------------------------------
@@ -122,30 +130,10 @@ class Checkpoints:
     def before(self, account_id: str, moment: datetime) -> Checkpoint | None:
         """The newest checkpoint whose day ended at or before `moment`."""
         end_day = moment.astimezone(timezone.utc).date()  # days strictly before it ended by `moment`
-        response = self._client.query(
-            TableName=self._table,
-            KeyConditionExpression="account_id = :account AND period < :day",
-            ExpressionAttributeValues={":account": {"S": account_id}, ":day": {"S": end_day.isoformat()}},
-            ScanIndexForward=False,
-            Limit=1,
-            ConsistentRead=True,
-        )
-        items = response.get("Items", [])
-        return _from_item(items[0]) if items else None
+        return self._store.newest_before(account_id, end_day.isoformat())
 
     def all(self, account_id: str) -> Iterator[Checkpoint]:
-        request: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "account_id = :account",
-            "ExpressionAttributeValues": {":account": {"S": account_id}},
-            "ConsistentRead": True,
-        }
-        while True:
-            page = self._client.query(**request)
-            yield from (_from_item(item) for item in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return
-            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return self._store.all(account_id)
 
     def fold_at(self, account_id: str, moment: datetime, settled_until: str | None = None) -> Fold:
         """The fold and digest of every event up to `moment` (inclusive, to the millisecond).
@@ -167,7 +155,7 @@ class Checkpoints:
         low, high = time_range_bounds(start, end)
         after: str | None = None
         while True:
-            events, more = self._store.account_events(account_id, low, high, limit=1000, after=after)
+            events, more = self._events_store.account_events(account_id, low, high, limit=1000, after=after)
             yield from events
             if not more:
                 return
@@ -198,56 +186,12 @@ class Checkpoints:
         return written
 
     def _put(self, checkpoint: Checkpoint) -> int:
-        try:
-            self._client.put_item(
-                TableName=self._table,
-                Item=_to_item(checkpoint, format_rfc3339(self._clock())),
-                ConditionExpression="attribute_not_exists(period)",
-            )
-            return 1
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return 0  # another builder wrote it: the same item, from the same log
-            raise
+        # Put-if-absent: another builder may have written it, the same item from the same log.
+        return int(self._store.put_new(checkpoint, format_rfc3339(self._clock())))
 
 
 def _day_end(day: str) -> datetime:
     return datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(), timezone.utc)
-
-
-def _to_item(checkpoint: Checkpoint, built_at: str) -> dict[str, Any]:
-    data = {
-        "account_id": checkpoint.account_id,
-        "period": checkpoint.period,
-        "currency": checkpoint.currency,
-        "balance": checkpoint.balance,
-        "credits": checkpoint.credits,
-        "debits": checkpoint.debits,
-        "event_count": checkpoint.event_count,
-        "digest": checkpoint.digest,
-        "last_event_id": checkpoint.last_event_id,
-        "built_at": built_at,
-    }
-    if checkpoint.fingerprints is not None:
-        data["fingerprints"] = checkpoint.fingerprints
-    return serialize(data)
-
-
-def _from_item(item: dict[str, Any]) -> Checkpoint:
-    data = deserialize(item)
-    prints = data.get("fingerprints")
-    return Checkpoint(
-        account_id=data["account_id"],
-        period=data["period"],
-        currency=data["currency"],
-        balance=int(data["balance"]),
-        credits=int(data["credits"]),
-        debits=int(data["debits"]),
-        event_count=int(data["event_count"]),
-        digest=data["digest"],
-        last_event_id=data["last_event_id"],
-        fingerprints=None if prints is None else bytes(getattr(prints, "value", prints)),  # boto3's Binary
-    )
 
 
 def split_fingerprints(blob: bytes) -> list[tuple[str, bytes]]:

@@ -41,11 +41,10 @@ if str(ROOT) not in sys.path:
 
 from write_path import Meter, item_size, kb_units  # noqa: E402
 
-from ledger.bootstrap import build_ledger  # noqa: E402
+from composition.root import Root  # noqa: E402
 from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest  # noqa: E402
 from ledger.config import Settings, dynamodb_client, streams_client  # noqa: E402
 from ledger.service import Caller, Ledger  # noqa: E402
-from projections.bootstrap import build_balance_store, build_stream_handler  # noqa: E402
 from projections.projector import Projector  # noqa: E402
 from runtime.dynamodb_local import DynamoDBLocal, ensure_installed  # noqa: E402
 from runtime.poller import StreamPoller, stream_arn_of  # noqa: E402
@@ -132,10 +131,10 @@ def project(settings: Settings, client: Any, probe: Any, events: list, max_group
     openings = [e for e in events if e.type == "account.opened"]
     events = [e for e in events if e.type != "account.opened"]
     for start in range(0, len(openings), BATCH):
-        Projector(build_balance_store(settings, client)).project(openings[start : start + BATCH])
+        Projector(Root(settings, client=client).balance_store).project(openings[start : start + BATCH])
     sized = SizedClient(client, probe)
     meter = Meter(client, capacity=True)
-    store = build_balance_store(settings, sized)
+    store = Root(settings, client=sized).balance_store
     projector = Projector(store, max_group=max_group)
     groups: list[int] = []
     windows: list[int] = []
@@ -191,8 +190,8 @@ def print_units(results: list[tuple[int, dict[str, Any], dict[str, Any]]]) -> No
 
 def measure_lag(settings: Settings, client: Any, seconds: float, rate: float, accounts: int) -> dict[str, Any]:
     ensure_tables(client, settings)
-    ledger = build_ledger(settings, client)
-    store = build_balance_store(settings, client)
+    ledger = Root(settings, client=client).ledger
+    store = Root(settings, client=client).balance_store
     names = [f"lag-{k}" for k in range(accounts)]
     for name in names:
         ledger.open_account(Caller("lag", f"open-{name}"), OpenAccountRequest(account_id=name, currency=CURRENCY))
@@ -200,7 +199,7 @@ def measure_lag(settings: Settings, client: Any, seconds: float, rate: float, ac
         poller = StreamPoller(
             streams_client(settings),
             stream_arn_of(client, settings.tables.events),
-            build_stream_handler(settings, client),
+            Root(settings, client=client).stream_handler,
             checkpoint_path=Path(scratch) / "checkpoint.json",
             dead_letter_path=Path(scratch) / "dead.jsonl",
             config=_LOCAL_POLLER,
@@ -277,7 +276,7 @@ def main() -> None:
         for accounts in (int(a) for a in args.accounts.split(",")):
             source = settings(f"mix{accounts}")
             ensure_tables(client, source)
-            ledger = build_ledger(source, client)
+            ledger = Root(source, client=client).ledger
             started = time.perf_counter()
             record(ledger, accounts, args.events, random.Random(42))
             events = all_events(ledger)

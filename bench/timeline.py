@@ -34,8 +34,8 @@ if str(ROOT) not in sys.path:
 import ulid  # noqa: E402
 from chalice.test import Client  # noqa: E402
 
-from api.app import app, use_ledger  # noqa: E402
-from ledger.bootstrap import build_ledger  # noqa: E402
+from composition.root import Root  # noqa: E402
+from api.app import create_app  # noqa: E402
 from ledger.config import Settings, dynamodb_client  # noqa: E402
 from ledger.events import Credited  # noqa: E402
 from ledger.ids import format_rfc3339  # noqa: E402
@@ -102,16 +102,16 @@ def main() -> None:
         settings = Settings(stage="bench", endpoint_url=database.endpoint_url)
         client = dynamodb_client(settings)
         ensure_tables(client, settings)
-        ledger = build_ledger(settings, client)
+        root = Root(settings, client=client)
+        ledger = root.ledger
         dense_day = START
         sparse_year = START + timedelta(days=10)
         seed(ledger, rng, args.accounts, args.events, dense_day, timedelta(days=1))
         seed(ledger, rng, args.accounts, args.events, sparse_year, timedelta(days=365))
         counter = Counter(client)
-        use_ledger(ledger)
         print(f"{args.events} events over {args.accounts} accounts in one day, and {args.events} more over a year; seed {args.seed}")
         print(f"{'read':<44} {'requests':>9} {'items read':>11} {'returned':>9}")
-        with Client(app) as http:
+        with Client(create_app(root)) as http:
             rows = [
                 ("first page of 100, dense day", dense_day, dense_day + timedelta(days=1), 100),
                 ("first page of 100, sparse year", sparse_year, sparse_year + timedelta(days=365), 100),
@@ -133,17 +133,11 @@ def main() -> None:
                     break
             queries, items = counter.take()
             print(f"{'walk of the sparse year, pages of 100':<44} {queries:>9} {items:>11} {returned:>9}  ({queries / pages:.1f} requests a page)")
-        from audit.timeline import Timeline
-
-        try:
-            timeline = Timeline(ledger.store, ledger.cursors)
-        except (TypeError, AttributeError):  # the timeline before its cursors were signed
-            timeline = Timeline(ledger.store)
+        timeline = root.timeline
         counter.take()
         exported = sum(1 for _ in timeline.events(sparse_year, sparse_year + timedelta(days=365)))
         queries, items = counter.take()
         print(f"{'export of the sparse year':<44} {queries:>9} {items:>11} {exported:>9}")
-        use_ledger(None)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ledger.bootstrap import build_ledger  # noqa: E402
+from composition.root import Root  # noqa: E402
 from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest  # noqa: E402
 from ledger.config import Settings, dynamodb_client  # noqa: E402
 from ledger.ids import new_ulid  # noqa: E402
@@ -227,7 +227,7 @@ def measure_operations(ledger: Ledger, meter: Meter, settings: Settings, n: int)
             "reported": meter.reported,
             "params": meter.last_params,
             "replayed": replayed,
-            "status": Counter(o.status_code for o in outcomes),
+            "status": Counter("replayed" if o.replayed else "recorded" for o in outcomes),
         }
     # The stored account items, to size the Update (billed on the larger of before and after).
     meter.reset()
@@ -431,7 +431,7 @@ def throughput(
     settings: Settings, n: int, rounds: int, thread_counts: list[int], warmup: int, server_pid: int | None
 ) -> dict[str, Any]:
     client = dynamodb_client(settings)
-    ledger = build_ledger(settings, client)
+    ledger = Root(settings, client=client).ledger
     meter = Meter(client, capacity=False)  # counts requests only; the same tiny cost on both sides
     max_threads = max(thread_counts)
     accounts = [f"tp-acct-{i:02d}" for i in range(max_threads)]  # one account per thread: no item contention
@@ -573,7 +573,7 @@ class _NoopClient:
 
 def service_cpu(settings: Settings, n: int) -> float:
     """Seconds per credit spent in Ledger + EventStore alone, hot loop, client replaced by a no-op."""
-    ledger = build_ledger(settings, _NoopClient())
+    ledger = Root(settings, client=_NoopClient()).ledger
     movement = MovementRequest(amount=1234, currency=CURRENCY)
     callers = [Caller(SCOPE, f"cpu-{i:09d}") for i in range(n)]
     for caller in callers[:200]:
@@ -613,7 +613,7 @@ _SERVICE_ROWS = [
 
 def profile_service(settings: Settings, n: int) -> None:
     client = dynamodb_client(settings)
-    ledger = build_ledger(settings, client)
+    ledger = Root(settings, client=client).ledger
     movement = MovementRequest(amount=1234, currency=CURRENCY)
     for i in range(50):
         ledger.credit(Caller(SCOPE, f"pw-{i:09d}"), "tp-acct-00", movement)
@@ -688,7 +688,7 @@ def main() -> None:
         client = dynamodb_client(settings)
         create_tables(client, settings)
         meter = Meter(client)
-        ledger = build_ledger(settings, client)
+        ledger = Root(settings, client=client).ledger
         print(f"DynamoDB Local at {ddb.endpoint_url}; Python {sys.version.split()[0]}; {os.cpu_count()} CPUs "
               f"(shared by client and server); {args.ops} ops per kind; throughput n={args.n} x {args.rounds} rounds")
         print(f"load average at start: {_load()} (timings are only as quiet as the machine)")

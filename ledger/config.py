@@ -29,14 +29,18 @@ class Settings:
     endpoint_url: str | None = None
     idempotency_ttl_seconds: int = 24 * 3600
     cursor_secret: str | None = None
+    # Every region of the deployment (accounts may be homed in any); this process writes for `region`.
+    regions: tuple[str, ...] = ()
     tables: LedgerTables = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tables", LedgerTables.for_stage(self.stage))
+        if self.region not in self.regions:
+            object.__setattr__(self, "regions", (*self.regions, self.region))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """LEDGER_STAGE, LEDGER_REGION (else AWS_REGION), LEDGER_ENDPOINT_URL, LEDGER_IDEMPOTENCY_TTL_SECONDS, LEDGER_CURSOR_SECRET."""
+        """LEDGER_STAGE, LEDGER_REGION (else AWS_REGION), LEDGER_REGIONS, LEDGER_ENDPOINT_URL, LEDGER_IDEMPOTENCY_TTL_SECONDS, LEDGER_CURSOR_SECRET."""
         env = os.environ if environ is None else environ
         return cls(
             stage=env.get("LEDGER_STAGE", "dev"),
@@ -44,6 +48,7 @@ class Settings:
             endpoint_url=env.get("LEDGER_ENDPOINT_URL") or None,
             idempotency_ttl_seconds=int(env.get("LEDGER_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)),
             cursor_secret=env.get("LEDGER_CURSOR_SECRET") or None,
+            regions=tuple(r.strip() for r in env.get("LEDGER_REGIONS", "").split(",") if r.strip()),
         )
 
     @property

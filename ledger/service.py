@@ -52,11 +52,10 @@ class Caller:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A write's HTTP-level result, as stored with its idempotency record."""
+    """What a write recorded (its result as JSON, and where it is read), or replayed from its record."""
 
-    status_code: int
     body: str
-    headers: dict[str, str]
+    resource: str
     replayed: bool = False
 
 
@@ -100,11 +99,11 @@ class Minter:
 
 @dataclass(frozen=True)
 class Draft:
-    """A write decided in full (events, guards, the response), before its idempotency record."""
+    """A write decided in full (events, guards, its result), before its idempotency record."""
 
     commit: Commit
     body: str
-    headers: dict[str, str]
+    resource: str
 
 
 def _json(data: object) -> str:
@@ -129,6 +128,7 @@ class Ledger:
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         cursors: CursorCodec | None = None,
+        regions: tuple[str, ...] = (),
     ) -> None:
         self._store = store
         self._region = region
@@ -138,6 +138,7 @@ class Ledger:
         self._sleep = sleep
         self._monotonic = monotonic
         self._cursors = cursors or CursorCodec(development_key("dev"))
+        self._regions = regions or (region,)
 
     # -- writes -----------------------------------------------------------------
 
@@ -170,7 +171,7 @@ class Ledger:
                 last_event_id=event_id,
             )
             body = _json(account.public())
-            return Draft(Commit(events=(event,), new_account=account), body, {"Location": f"/accounts/{request.account_id}"})
+            return Draft(Commit(events=(event,), new_account=account), body, f"/accounts/{request.account_id}")
 
         return self._record(record_id, fingerprint("open_account", None, request), draft)
 
@@ -282,8 +283,7 @@ class Ledger:
         body = _json(
             {"transaction_id": transaction_id, "type": kind, **(body_extra or {}), "events": [_event_json(e) for e in events]}
         )
-        headers = {"Location": f"/transactions/{transaction_id}"}
-        return Draft(Commit(events=events, guards=guards, reversal=reversal), body, headers)
+        return Draft(Commit(events=events, guards=guards, reversal=reversal), body, f"/transactions/{transaction_id}")
 
     def _record(self, record_id: str, fp: str, draft: Callable[[Minter], Draft]) -> Outcome:
         """Commit the drafted write once; replay or refuse a used key; retry what DynamoDB cannot.
@@ -304,7 +304,7 @@ class Ledger:
         while True:
             try:
                 self._store.commit(commit)
-                return Outcome(record.status_code, record.body, record.headers)
+                return Outcome(record.body, record.resource)
             except OutOfOrder as late:
                 remints += 1
                 if remints > self._retry.max_remints:
@@ -319,7 +319,7 @@ class Ledger:
                         raise errors.IdempotencyKeyReused(
                             "this Idempotency-Key was used for a different request; use a new key"
                         ) from used
-                    return Outcome(existing.status_code, existing.body, existing.headers, replayed=True)
+                    return Outcome(existing.body, existing.resource, replayed=True)
                 # expired and deleted in between: record afresh (counts as an attempt)
             except Contention as busy:
                 contention = busy
@@ -337,9 +337,8 @@ class Ledger:
         record = IdempotencyRecord(
             idempotency_id=record_id,
             request_hash=fp,
-            status_code=201,
             body=drafted.body,
-            headers=drafted.headers,
+            resource=drafted.resource,
             recorded_at=format_rfc3339(now),
             expires_at=int((now + self._ttl).timestamp()),
         )

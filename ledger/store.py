@@ -57,13 +57,12 @@ _UNAVAILABLE_CODES = frozenset(
 
 @dataclass(frozen=True)
 class IdempotencyRecord:
-    """A recorded response, keyed by caller scope and Idempotency-Key."""
+    """What a write recorded, keyed by caller scope and Idempotency-Key: its result, to replay."""
 
     idempotency_id: str
     request_hash: str
-    status_code: int
-    body: str
-    headers: dict[str, str]
+    body: str  # the result as JSON, exactly as first answered
+    resource: str  # where the recorded thing is read: /accounts/<id> or /transactions/<id>
     recorded_at: str
     expires_at: int
 
@@ -206,9 +205,8 @@ def _record_from_item(item: dict[str, Any]) -> IdempotencyRecord:
     return IdempotencyRecord(
         idempotency_id=data["idempotency_id"],
         request_hash=data["request_hash"],
-        status_code=int(data["status_code"]),
         body=data["body"],
-        headers=dict(data.get("headers", {})),
+        resource=data.get("resource") or data.get("headers", {}).get("Location", ""),  # records before `resource`
         recorded_at=data["recorded_at"],
         expires_at=int(data[IDEMPOTENCY_TTL_ATTRIBUTE]),
     )
@@ -309,9 +307,8 @@ class EventStore:
                     {
                         "idempotency_id": record.idempotency_id,
                         "request_hash": record.request_hash,
-                        "status_code": record.status_code,
                         "body": record.body,
-                        "headers": record.headers,
+                        "resource": record.resource,
                         "recorded_at": record.recorded_at,
                         IDEMPOTENCY_TTL_ATTRIBUTE: record.expires_at,
                     }

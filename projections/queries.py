@@ -8,7 +8,7 @@ account's history, so it is for occasional checks, not hot paths.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 from ledger.service import Ledger, check_account_id
@@ -29,9 +29,6 @@ class BalanceView:
     event_count: int
     as_of: dict[str, str] | None
     consistency: Consistency
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 class BalanceQueries:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
+from composition.root import Root
 from ledger.config import OPERATOR, Settings, dynamodb_client
 
 from .discovery import DEFAULT_DATA_DIR, NoRunningServe, ServeState
@@ -84,8 +85,8 @@ def existing_accounts(ledger, requested: list[str] | None) -> list[str] | None:
     return list(dict.fromkeys(requested))
 
 
-def connect(args: argparse.Namespace) -> tuple[Settings, object]:
-    """Settings and a patient DynamoDB client; writes to a local `serve` go into its journal too."""
+def connect(args: argparse.Namespace) -> Root:
+    """The composition root a command works with: a patient client; writes to a local `serve` go into its journal."""
     settings = settings_from(args)
     client = dynamodb_client(settings, OPERATOR)
     if not (args.endpoint_url or getattr(args, "aws", False) or os.environ.get("LEDGER_ENDPOINT_URL")):
@@ -94,7 +95,7 @@ def connect(args: argparse.Namespace) -> tuple[Settings, object]:
             from .journal import WriteJournal
 
             WriteJournal(Path(journal)).attach(client)
-    return settings, client
+    return Root(settings, client=client)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,27 +173,24 @@ def _rfc3339(text: str):
 def _export(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from audit.checkpoints import Checkpoints
     from audit.export import ExportError, Query, account_source, export
-    from audit.timeline import Timeline
-    from ledger.bootstrap import build_ledger
     from ledger.ids import format_rfc3339
 
     from .progress import ProgressCounter
 
-    settings, client = connect(args)
-    ledger = build_ledger(settings, client)
+    root = connect(args)
+    ledger = root.ledger
     accounts = tuple(sorted(existing_accounts(ledger, args.account) or ()))
     if not accounts and (args.start is None or args.end is None):
         print("ledger export: every account needs a window: give --from and --to (or --account)", file=sys.stderr)
         return 2
     query = Query(accounts, args.start, args.end, args.format)
     if accounts:
-        source = account_source(ledger.store, accounts, args.start, args.end)
+        source = account_source(root.event_store, accounts, args.start, args.end)
         # Per account: every event up to its newest committed one is in the file.
         settled = {a: ledger.get_account(a).last_event_id for a in accounts}
     else:
-        timeline = Timeline(ledger.store, ledger.cursors)
+        timeline = root.timeline
         source = lambda after: timeline.events(args.start, args.end, after)  # noqa: E731
         settled = format_rfc3339(timeline.settled_until())
         if args.end > timeline.settled_until():
@@ -201,7 +199,7 @@ def _export(args: argparse.Namespace) -> int:
     if len(accounts) == 1 and args.format == "jsonl":  # the digest chain before the window, to continue it
         digest_before = "0" * 64
         if args.start is not None:
-            digest_before = Checkpoints(ledger.store).fold_at(accounts[0], args.start - timedelta(milliseconds=1)).digest
+            digest_before = root.checkpoints.fold_at(accounts[0], args.start - timedelta(milliseconds=1)).digest
     try:
         with ProgressCounter("export") as progress:
             manifest = export(source, query, args.out, progress, digest_before, settled)
@@ -214,14 +212,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _for_each_account(args: argparse.Namespace, label: str, work) -> list:
     """`work(checkpoints, ledger, account_id)` for `--account` or every account, with a progress bar."""
-    from audit.checkpoints import Checkpoints
-    from ledger.bootstrap import build_ledger
-
     from .progress import ProgressBar
 
-    settings, client = connect(args)
-    ledger = build_ledger(settings, client)
-    checkpoints = Checkpoints(ledger.store)
+    root = connect(args)
+    ledger, checkpoints = root.ledger, root.checkpoints
     accounts = existing_accounts(ledger, args.account) or sorted(ledger.account_ids())
     results = []
     with ProgressBar(label) as progress:
@@ -265,11 +259,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _read_side(args: argparse.Namespace):
-    from ledger.bootstrap import build_ledger
-    from projections.bootstrap import build_balance_store
-
-    settings, client = connect(args)
-    return build_ledger(settings, client), build_balance_store(settings, client)
+    root = connect(args)
+    return root.ledger, root.balance_store
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -303,8 +294,8 @@ def _rebuild(args: argparse.Namespace) -> int:
 def _create_tables(args: argparse.Namespace) -> int:
     from .tables import ensure_tables
 
-    settings, client = connect(args)
-    created = ensure_tables(client, settings)
+    root = connect(args)
+    created = ensure_tables(root.dynamodb, root.settings)
     print(f"created: {', '.join(created)}" if created else "all tables exist")
     return 0
 

@@ -24,10 +24,9 @@ from pathlib import Path
 
 from chalice.config import Config
 
-from api.app import app, use_ledger
-from ledger.bootstrap import build_ledger
+from api.app import create_app
+from composition.root import Root
 from ledger.config import Settings, dynamodb_client, streams_client
-from projections.bootstrap import build_balance_store, build_stream_handler
 
 from . import discovery
 from .dynamodb_local import DynamoDBLocal, EmbeddedDynamoDBError, java_available
@@ -99,16 +98,17 @@ def _recover(journal: WriteJournal, client) -> None:
 _LOCAL_POLLER = PollerConfig(max_attempts=10, backoff_cap_seconds=5.0)
 
 
-def _start_projector(stack: ExitStack, settings: Settings, client, data_dir: Path) -> str:
+def _start_projector(stack: ExitStack, root: Root, data_dir: Path) -> str:
     """Poll the events stream in a thread until the stack unwinds; return where its files are."""
     data_dir.mkdir(parents=True, exist_ok=True)
     # CloudWatch embedded-metric JSON on stdout means nothing locally; set it to
     # false to see the projector's metrics anyway.
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    settings = root.settings
     poller = StreamPoller(
         streams_client(settings),
-        stream_arn_of(client, settings.tables.events),
-        build_stream_handler(settings, client),
+        stream_arn_of(root.dynamodb, settings.tables.events),
+        root.stream_handler,
         checkpoint_path=data_dir / f"{settings.stage}-stream-checkpoint.json",
         dead_letter_path=data_dir / f"{settings.stage}-dead-letters.jsonl",
         config=_LOCAL_POLLER,
@@ -159,11 +159,11 @@ def serve(
             _recover(journal, client)
             journal.attach(client)
             where += ", every acknowledged write journaled"
-        use_ledger(build_ledger(settings, client), build_balance_store(settings, client))
+        root = Root(settings, client=client)
         if projector:
-            _say(_start_projector(stack, settings, client, data_dir.resolve()))
+            _say(_start_projector(stack, root, data_dir.resolve()))
         try:
-            server = create_server(app, Config(chalice_stage=settings.stage), host, port)
+            server = create_server(create_app(root), Config(chalice_stage=settings.stage), host, port)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 _say(f"ledger: port {port} on {host} is in use; choose another with --port")

@@ -90,3 +90,10 @@ class Api:
             body=response.body,
             json=parsed,
         )
+
+
+def api_over(root) -> Api:
+    """An Api over the app built on `root` (another region, or parts a test swapped in)."""
+    from api.app import create_app
+
+    return Api(Client(create_app(root)))

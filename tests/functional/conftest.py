@@ -18,14 +18,13 @@ import pytest
 from chalice.test import Client
 from moto import mock_aws
 
-from api.app import app, use_ledger
-from ledger.bootstrap import build_ledger
+from composition.root import Root
+from api.app import create_app
 from ledger.config import Settings, dynamodb_client
 from ledger.schema import table_definitions
 from ledger.service import Ledger
 
 from api_client import Api
-from projections.bootstrap import build_balance_store
 from stream_support import Stage
 
 REGION = "us-east-1"
@@ -70,18 +69,20 @@ def dynamodb(settings: Settings, moto_dynamodb: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def ledger(settings: Settings, dynamodb: Any) -> Ledger:
-    return build_ledger(settings, dynamodb)
+def root(settings: Settings, dynamodb: Any) -> Root:
+    """The composition root of the test's region, over moto."""
+    return Root(settings, client=dynamodb)
 
 
 @pytest.fixture
-def api(ledger: Ledger) -> Iterator[Api]:
-    use_ledger(ledger)
-    try:
-        with Client(app) as client:
-            yield Api(client)
-    finally:
-        use_ledger(None)
+def ledger(root: Root) -> Ledger:
+    return root.ledger
+
+
+@pytest.fixture
+def api(root: Root) -> Iterator[Api]:
+    with Client(create_app(root)) as client:
+        yield Api(client)
 
 
 @pytest.fixture
@@ -95,12 +96,8 @@ def stage(moto_dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage
 @pytest.fixture
 def projected_api(stage: Stage, moto_dynamodb: Any) -> Iterator[Api]:
     """The app over `stage`, its balance route reading the stage's projected view."""
-    use_ledger(build_ledger(stage.settings, moto_dynamodb), build_balance_store(stage.settings, moto_dynamodb))
-    try:
-        with Client(app) as client:
-            yield Api(client)
-    finally:
-        use_ledger(None)
+    with Client(create_app(Root(stage.settings, client=moto_dynamodb))) as client:
+        yield Api(client)
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from typing import Any
 
 import boto3
 
+from composition.root import Root
 from ledger.config import Settings
-from projections.bootstrap import build_stream_handler
 from runtime.tables import all_definitions, ensure_tables
 
 REGION = "us-east-1"
@@ -60,4 +60,4 @@ def sequence_of(record: dict[str, Any]) -> str:
 def project_everything(stage: Stage, client: Any) -> None:
     """Hand the whole stream, from the trim horizon, to the projector once; every record must apply."""
     records = stream_records(client, boto3.client("dynamodbstreams", region_name=REGION), stage.settings)
-    assert build_stream_handler(stage.settings, client)({"Records": records}, None) == {"batchItemFailures": []}
+    assert Root(stage.settings, client=client).stream_handler({"Records": records}, None) == {"batchItemFailures": []}

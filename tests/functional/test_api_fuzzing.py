@@ -28,12 +28,11 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
+from composition.root import Root
 from api import openapi
 from profiles import examples
-from api.app import app, use_ledger
-from ledger.bootstrap import build_ledger
+from api.app import create_app
 from ledger.config import Settings, dynamodb_client
-from projections.bootstrap import build_balance_store
 from runtime.http_server import create_server
 from runtime.tables import all_definitions, ensure_tables
 
@@ -49,9 +48,7 @@ def served(moto_dynamodb: Any) -> Iterator[tuple[str, Any, Settings]]:
     stage = Settings(stage="fuzz", region="us-east-1")
     client = dynamodb_client(stage)
     ensure_tables(client, stage)
-    ledger = build_ledger(stage, client)
-    use_ledger(ledger, build_balance_store(stage, client))
-    server = create_server(app, Config(chalice_stage="fuzz"), "127.0.0.1", 0)
+    server = create_server(create_app(Root(stage, client=client)), Config(chalice_stage="fuzz"), "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.port}"
@@ -61,7 +58,6 @@ def served(moto_dynamodb: Any) -> Iterator[tuple[str, Any, Settings]]:
     finally:
         server.shutdown()
         server.server_close()
-        use_ledger(None)
         for definition in all_definitions(stage)[0]:
             client.delete_table(TableName=definition["TableName"])
 

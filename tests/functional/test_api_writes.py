@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from api.app import use_ledger
-from ledger.bootstrap import build_ledger
+from composition.root import Root
 from ledger.config import Settings
 from ledger.events import parse_event
 from ledger.fold import Totals
+from api_client import api_over
 
 
 def history(api, account_id: str) -> list[dict]:
@@ -362,9 +362,9 @@ def test_a_write_taken_outside_the_accounts_home_region_is_421_and_writes_nothin
     open_account("alice", allow_overdraft=True)
     open_account("bob")
     before = table_snapshot()
-    use_ledger(build_ledger(Settings(stage=settings.stage, region="eu-west-1"), dynamodb))
+    elsewhere = api_over(Root(Settings(stage=settings.stage, region="eu-west-1"), client=dynamodb))
 
-    response = api.post(path, body)
+    response = elsewhere.post(path, body)
 
     assert (response.status, response.code) == (421, "wrong_region")
     assert response.json["home_region"] == "us-east-1"

@@ -11,7 +11,6 @@ import pytest
 
 from audit.canonical import canonical_fields, canonical_line, digest_of
 from audit.export import CSV_COLUMNS, ExportError, Query, export
-from audit.timeline import Timeline
 from ledger.ids import format_rfc3339, ulid_time
 from past_events import EPOCH, append, at, past_event
 from runtime.cli import main
@@ -30,11 +29,11 @@ def window():
     return EPOCH, at(600 * 200)
 
 
-def test_jsonl_lines_are_the_canonical_lines_and_the_manifest_checks_out(ledger, history, tmp_path: Path):
+def test_jsonl_lines_are_the_canonical_lines_and_the_manifest_checks_out(root, ledger, history, tmp_path: Path):
     out = tmp_path / "all.jsonl"
     start, end = window()
 
-    manifest = export(lambda after: Timeline(ledger.store, ledger.cursors).events(start, end, after), Query((), start, end, "jsonl"), out)
+    manifest = export(lambda after: root.timeline.events(start, end, after), Query((), start, end, "jsonl"), out)
 
     assert out.read_bytes() == b"".join(canonical_line(e) for e in history)
     assert manifest["count"] == len(history) and manifest["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
@@ -43,10 +42,10 @@ def test_jsonl_lines_are_the_canonical_lines_and_the_manifest_checks_out(ledger,
     assert not (tmp_path / "all.jsonl.export.json").exists()
 
 
-def test_csv_has_fixed_columns_and_reads_back(ledger, history, tmp_path: Path):
+def test_csv_has_fixed_columns_and_reads_back(root, ledger, history, tmp_path: Path):
     out = tmp_path / "all.csv"
     start, end = window()
-    export(lambda after: Timeline(ledger.store, ledger.cursors).events(start, end, after), Query((), start, end, "csv"), out)
+    export(lambda after: root.timeline.events(start, end, after), Query((), start, end, "csv"), out)
 
     rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
 
@@ -65,10 +64,10 @@ class Interrupted(Exception):
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 @pytest.mark.parametrize("stop_after", [0, 1, 77, 151])
-def test_an_interrupted_export_resumes_to_the_same_bytes(ledger, history, tmp_path: Path, fmt: str, stop_after: int):
+def test_an_interrupted_export_resumes_to_the_same_bytes(root, ledger, history, tmp_path: Path, fmt: str, stop_after: int):
     start, end = window()
     query = Query((), start, end, fmt)
-    source = lambda after: Timeline(ledger.store, ledger.cursors).events(start, end, after)  # noqa: E731
+    source = lambda after: root.timeline.events(start, end, after)  # noqa: E731
     whole = tmp_path / f"whole.{fmt}"
     export(source, query, whole)
 

@@ -6,9 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from api.app import use_ledger
 from ledger.service import Ledger
-from ledger.store import EventStore
+from api_client import api_over
 
 # Every write route, with a body that succeeds once `alice` (EUR, overdraft) and `bob` exist.
 WRITES = {
@@ -245,10 +244,10 @@ class SteppingClock:
         return self.now
 
 
-def test_a_key_past_its_expiry_no_longer_binds_and_records_afresh(api, accounts, settings, dynamodb):
+def test_a_key_past_its_expiry_no_longer_binds_and_records_afresh(accounts, root):
     clock = SteppingClock(datetime.now(timezone.utc))
-    store = EventStore(dynamodb, settings.tables, settings.region)
-    use_ledger(Ledger(store, settings.region, idempotency_ttl=timedelta(hours=24), clock=clock, sleep=lambda _: None))
+    root.ledger = Ledger(root.event_store, root.settings.region, idempotency_ttl=timedelta(hours=24), clock=clock, sleep=lambda _: None)
+    api = api_over(root)
     body = {"amount": 100, "currency": "EUR"}
     first = api.post("/accounts/alice/credits", body, key="daily")
 

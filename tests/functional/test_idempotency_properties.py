@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from composition.root import Root
 from ledger import errors
-from ledger.bootstrap import build_ledger
 from ledger.commands import MovementRequest, OpenAccountRequest
 from ledger.config import Settings, dynamodb_client
 from ledger.service import Caller
@@ -45,7 +45,7 @@ def test_each_key_records_at_most_once_and_replays_are_byte_identical(steps) -> 
         config = Settings(stage=f"p{uuid.uuid4().hex[:8]}")
         client = dynamodb_client(config)
         ensure_tables(client, config)
-        ledger = build_ledger(config, client)
+        ledger = Root(config, client=client).ledger
         ledger.open_account(Caller("prop", "open"), OpenAccountRequest(account_id="acct", currency="EUR"))
 
         stored: dict[str, tuple[tuple[str, int], str]] = {}  # key -> (request, response body)

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 from api import openapi
-from api.app import app
+from api.app import create_app
+from composition.root import Root
+from ledger.config import Settings
 from api.problems import STATUS_BY_ERROR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,6 +20,8 @@ def test_the_repository_file_is_the_document_the_code_generates():
 
 def test_every_route_and_method_of_the_app_is_documented():
     paths = openapi.document()["paths"]
+
+    app = create_app(Root(Settings()))  # builds no client: nothing is asked of it
 
     for path, methods in app.routes.items():
         for method in methods:

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audit.canonical import digest_of
-from audit.checkpoints import Checkpoints
+from composition.root import Root
 from ledger.ids import format_rfc3339, time_range_bounds
 from past_events import EPOCH, append, at, past_event
 
@@ -43,11 +43,11 @@ class CountingClient:
     closed_until=st.one_of(st.none(), st.integers(0, 7 * DAY_MS)),
     instants=st.lists(st.integers(-DAY_MS, 7 * DAY_MS), min_size=1, max_size=8),
 )
-def test_balance_and_digest_at_any_instant_equal_a_full_fold(ledger, amounts, closed_until, instants):
+def test_balance_and_digest_at_any_instant_equal_a_full_fold(root, ledger, amounts, closed_until, instants):
     account = f"pit{next(_runs)}"
     events = [past_event(account, EPOCH)] + [past_event(account, at(ms / 1000), amount) for ms, amount in amounts]
     append(ledger, events)
-    checkpoints = Checkpoints(ledger.store)
+    checkpoints = root.checkpoints
     if closed_until is not None:
         checkpoints.close(account, at(closed_until / 1000))
 
@@ -57,28 +57,25 @@ def test_balance_and_digest_at_any_instant_equal_a_full_fold(ledger, amounts, cl
         assert (fold.balance, fold.event_count, fold.digest) == brute_force(events, moment), format_rfc3339(moment)
 
 
-def test_with_checkpoints_a_query_reads_only_the_last_day(ledger):
+def test_with_checkpoints_a_query_reads_only_the_last_day(root, ledger, dynamodb):
     # 10 days, 40 events a day; a checkpoint per closed day.
     events = [past_event("hot", EPOCH)] + [past_event("hot", at(n * 2160 + 1), 1 + n % 9) for n in range(400)]
     append(ledger, events)
-    assert Checkpoints(ledger.store).close("hot", at(9 * 86_400)) == 9  # days 0..8 closed; day 9 still open
-    counting = CountingClient(ledger.store.client)
-    from ledger.store import EventStore
-
-    store = EventStore(counting, ledger.store.tables, "us-east-1")
+    assert root.checkpoints.close("hot", at(9 * 86_400)) == 9  # days 0..8 closed; day 9 still open
+    counting = CountingClient(dynamodb)
     moment = at(9 * 86_400 + 40_000)
 
-    fold = Checkpoints(store).fold_at("hot", moment)
+    fold = Root(root.settings, client=counting).checkpoints.fold_at("hot", moment)
 
     assert (fold.balance, fold.event_count, fold.digest) == brute_force(events, moment)
     assert len(counting.queries) == 2  # the checkpoint, then the events since its day ended
     assert sum(counting.queries) == 1 + 19  # one checkpoint, day 9's events up to the instant
 
 
-def test_the_api_answers_balance_at_and_digest_to(api, ledger, open_account):
+def test_the_api_answers_balance_at_and_digest_to(api, root, ledger, open_account):
     events = [past_event("carol", EPOCH)] + [past_event("carol", at(3600 * n + 5), 100 * n) for n in range(1, 60)]
     append(ledger, events)
-    Checkpoints(ledger.store).close("carol")
+    root.checkpoints.close("carol")
     moment = at(3600 * 30)
     balance, count, digest = brute_force(events, moment)
 

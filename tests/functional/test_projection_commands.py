@@ -13,10 +13,9 @@ import boto3
 import pytest
 
 import projections.verify
-from ledger.bootstrap import build_ledger
+from composition.root import Root
 from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest
 from ledger.service import Caller
-from projections.bootstrap import build_balance_store, build_stream_handler
 from projections.schema import balance_key
 from runtime.cli import main
 from stream_support import REGION, Stage, stream_records
@@ -29,7 +28,7 @@ def stage(moto_dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage
     for name in ("LEDGER_ENDPOINT_URL", "LEDGER_STAGE", "LEDGER_REGION"):
         monkeypatch.delenv(name, raising=False)  # the command's client must be moto's, on this stage
     with Stage(moto_dynamodb) as created:
-        ledger = build_ledger(created.settings, moto_dynamodb)
+        ledger = Root(created.settings, client=moto_dynamodb).ledger
         for n, account in enumerate(("alice", "bob")):
             ledger.open_account(Caller("ops", f"open-{n}"), OpenAccountRequest(account_id=account, currency="EUR"))
         ledger.credit(Caller("ops", "c1"), "alice", MovementRequest(amount=700, currency="EUR"))
@@ -62,7 +61,7 @@ def records(stage: Stage, client: Any) -> list[dict[str, Any]]:
 
 
 def project(stage: Stage, client: Any, batch: list[dict[str, Any]]) -> None:
-    assert build_stream_handler(stage.settings, client)({"Records": batch}, None) == {"batchItemFailures": []}
+    assert Root(stage.settings, client=client).stream_handler({"Records": batch}, None) == {"batchItemFailures": []}
 
 
 def ledger_command(stage: Stage, *args: str) -> int:
@@ -70,7 +69,7 @@ def ledger_command(stage: Stage, *args: str) -> int:
 
 
 def balance(stage: Stage, client: Any, account: str) -> tuple[int, int, int, int]:
-    view = build_balance_store(stage.settings, client).get(account, consistent=True)
+    view = Root(stage.settings, client=client).balance_store.get(account, consistent=True)
     assert view is not None
     return (view.balance, view.credits, view.debits, view.event_count)
 
@@ -100,7 +99,7 @@ def test_verify_names_a_tampered_balance_with_both_figures_and_rebuild_repairs_i
 ):
     project(stage, moto_dynamodb, records(stage, moto_dynamodb))
     moto_dynamodb.update_item(  # someone edits the view by hand
-        TableName=build_balance_store(stage.settings, moto_dynamodb)._tables.balances,
+        TableName=Root(stage.settings, client=moto_dynamodb).balance_store._tables.balances,
         Key={"pk": {"S": balance_key("bob")}},
         UpdateExpression="SET balance = :b",
         ExpressionAttributeValues={":b": {"N": "999"}},

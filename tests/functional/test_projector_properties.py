@@ -29,11 +29,10 @@ from profiles import examples
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ledger.bootstrap import build_ledger
+from composition.root import Root
 from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest
 from ledger.service import Caller, Ledger
 from projections.balances import BalanceChange
-from projections.bootstrap import build_balance_store, build_stream_handler
 from projections.projector import Projector, key_of
 from projections.store import BalanceStore
 from projections.verify import verify
@@ -183,7 +182,7 @@ def test_every_balance_is_the_fold_of_its_log_whatever_the_delivery_and_the_cras
 ) -> None:
     count, operations = scenario
     with Stage(moto_dynamodb) as stage:
-        ledger = build_ledger(stage.settings, moto_dynamodb)
+        ledger = Root(stage.settings, client=moto_dynamodb).ledger
         accounts, model = record(ledger, count, operations)
         records = stream_records(moto_dynamodb, streams, stage.settings)
         legs = count + sum(2 if op[0] == "transfer" else 1 for op in operations)
@@ -218,14 +217,14 @@ def test_every_balance_is_the_fold_of_its_log_whatever_the_delivery_and_the_cras
         retry_whole_batch = data.draw(st.booleans(), label="retry whole batch")
 
         client = CrashingClient(moto_dynamodb, fates)
-        handler = build_stream_handler(stage.settings, client)
+        handler = Root(stage.settings, client=client).stream_handler
         attempts = sum(deliver_until_clean(handler, batch, retry_whole_batch) for batch in schedule)
         for fate, times in client.seen_fates.items():
             event(f"fate {fate} happened")
         event(f"redeliveries: {'some' if attempts > len(schedule) else 'none'}")
 
         # Every view is the fold of its log, and the log is what was recorded.
-        store = build_balance_store(stage.settings, moto_dynamodb)
+        store = Root(stage.settings, client=moto_dynamodb).balance_store
         for account in accounts:
             log = list(ledger.full_history(account))
             change = BalanceChange.of(log)
@@ -275,10 +274,10 @@ def _credits(ledger: Ledger, account: str, amounts: list[int]) -> list:
 
 
 def test_a_group_with_one_event_already_applied_falls_back_to_one_event_at_a_time(stage: Stage, moto_dynamodb: Any):
-    ledger = build_ledger(stage.settings, moto_dynamodb)
+    ledger = Root(stage.settings, client=moto_dynamodb).ledger
     events = _credits(ledger, "alice", [100, 20, 3])  # opened, +100, +20, +3
     client = CrashingClient(moto_dynamodb, [])
-    store = BalanceStore(client, build_balance_store(stage.settings, moto_dynamodb)._tables)
+    store = BalanceStore(client, Root(stage.settings, client=moto_dynamodb).balance_store._tables)
     store.apply([events[2]])  # the +20 arrived before, alone
     client.transactions = 0
 
@@ -299,9 +298,9 @@ def test_a_group_with_one_event_already_applied_falls_back_to_one_event_at_a_tim
 
 
 def test_a_group_whose_every_event_was_applied_changes_nothing(stage: Stage, moto_dynamodb: Any):
-    ledger = build_ledger(stage.settings, moto_dynamodb)
+    ledger = Root(stage.settings, client=moto_dynamodb).ledger
     events = _credits(ledger, "bob", [5, 6])
-    store = build_balance_store(stage.settings, moto_dynamodb)
+    store = Root(stage.settings, client=moto_dynamodb).balance_store
     Projector(store).project(events)
     before = store.get("bob", consistent=True)
 
@@ -314,9 +313,9 @@ def test_a_group_whose_every_event_was_applied_changes_nothing(stage: Stage, mot
 
 def test_the_view_names_the_newest_event_even_when_an_older_one_is_projected_last(stage: Stage, moto_dynamodb: Any):
     """Events of one account may arrive in any order (DESIGN 5); as_of must not move back in time."""
-    ledger = build_ledger(stage.settings, moto_dynamodb)
+    ledger = Root(stage.settings, client=moto_dynamodb).ledger
     events = _credits(ledger, "carol", [1, 2])
-    store = build_balance_store(stage.settings, moto_dynamodb)
+    store = Root(stage.settings, client=moto_dynamodb).balance_store
     projector = Projector(store)
 
     projector.project([events[2]])  # the newest first, then the older ones in a later batch

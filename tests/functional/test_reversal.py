@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from api.app import use_ledger
+from composition.root import Root
 from ledger import errors
-from ledger.bootstrap import build_ledger
 from ledger.commands import MovementRequest, ReversalRequest
 from ledger.config import Settings
 from ledger.service import Caller, Outcome
 from stream_support import project_everything
+from api_client import api_over
 
 
 def strong_balance(api, account: str) -> int:
@@ -270,9 +270,9 @@ def test_a_reversal_taken_outside_the_accounts_home_region_is_421_and_changes_no
 ):
     original = record(api, "/accounts/alice/debits", {"amount": 5, "currency": "EUR"})
     snapshot = table_snapshot()
-    use_ledger(build_ledger(Settings(stage=settings.stage, region="eu-west-1"), dynamodb))
+    elsewhere = api_over(Root(Settings(stage=settings.stage, region="eu-west-1"), client=dynamodb))
 
-    response = api.post(f"/transactions/{original['transaction_id']}/reversal", None)
+    response = elsewhere.post(f"/transactions/{original['transaction_id']}/reversal", None)
 
     assert (response.status, response.code) == (421, "wrong_region")
     assert response.json["home_region"] == "us-east-1"
@@ -335,7 +335,7 @@ def test_a_caller_whose_scope_and_key_spell_a_reversal_marker_cannot_block_the_r
     """Caller records and once-only markers share a table; their ids must never meet."""
     original = record(api, "/accounts/alice/debits", {"amount": 100, "currency": "EUR"})
     lookalike = Caller("reversal", original["transaction_id"])  # a principal named "reversal"
-    assert ledger.credit(lookalike, "bob", MovementRequest(amount=5, currency="EUR")).status_code == 201
+    assert ledger.credit(lookalike, "bob", MovementRequest(amount=5, currency="EUR")).replayed is False
 
     reversal = api.post(f"/transactions/{original['transaction_id']}/reversal", None)
 
@@ -381,7 +381,7 @@ RACERS = 8
 def test_concurrent_reversals_with_different_keys_record_exactly_one(api, funded, settings, dynamodb, table_snapshot):
     # bob may overdraw, so no balance guard stands in the way: only the once-only record can.
     original = record(api, "/transfers", {"from_account": "alice", "to_account": "bob", "amount": 300, "currency": "EUR"})
-    racing = build_ledger(settings, TransactionsInTurn(dynamodb, RACERS))
+    racing = Root(settings, client=TransactionsInTurn(dynamodb, RACERS)).ledger
     before = table_snapshot()
 
     def reverse(index: int) -> object:

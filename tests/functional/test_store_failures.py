@@ -18,11 +18,10 @@ from botocore.awsrequest import AWSResponse
 from chalice.test import Client
 from moto.core.models import botocore_stubber
 
-from api.app import app, use_ledger
+from composition.root import Root
+from api.app import create_app
 from api_client import Api
-from ledger.bootstrap import build_ledger
 from ledger.config import Settings, dynamodb_client
-from projections.bootstrap import build_balance_store
 from runtime.dynamodb_local import pick_free_port
 
 BOTOCORE_ATTEMPTS = 3  # ledger.config.REQUEST_PATH
@@ -97,17 +96,12 @@ class Faults:
 def faulty(settings: Settings, dynamodb: Any) -> Iterator[tuple[Api, Faults]]:
     """The app over moto with two open accounts, alice holding 100, and a fault injector on its client."""
     client = dynamodb_client(settings)  # its own client: the hooks stay off the module's shared one
-    ledger = build_ledger(settings, client)
-    use_ledger(ledger, build_balance_store(settings, client))
-    try:
-        with Client(app) as http:
-            api = Api(http)
-            for account in ("alice", "bob"):
-                assert api.post("/accounts", {"account_id": account, "currency": "EUR"}).status == 201
-            assert api.post("/accounts/alice/credits", {"amount": 100, "currency": "EUR"}).status == 201
-            yield api, Faults(client)
-    finally:
-        use_ledger(None)
+    with Client(create_app(Root(settings, client=client))) as http:
+        api = Api(http)
+        for account in ("alice", "bob"):
+            assert api.post("/accounts", {"account_id": account, "currency": "EUR"}).status == 201
+        assert api.post("/accounts/alice/credits", {"amount": 100, "currency": "EUR"}).status == 201
+        yield api, Faults(client)
 
 
 def assert_store_unavailable(response) -> None:
@@ -183,12 +177,8 @@ def unreachable(settings: Settings) -> Iterator[tuple[Api, Faults]]:
     dead = Settings(stage=settings.stage, region=settings.region, endpoint_url=f"http://127.0.0.1:{pick_free_port()}")
     client = dynamodb_client(dead)
     faults = Faults(client)
-    use_ledger(build_ledger(dead, client), build_balance_store(dead, client))
-    try:
-        with Client(app) as http:
-            yield Api(http), faults
-    finally:
-        use_ledger(None)
+    with Client(create_app(Root(dead, client=client))) as http:
+        yield Api(http), faults
 
 
 @pytest.mark.parametrize("path", READ_ROUTES)

@@ -17,11 +17,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 import projections.handler
-from ledger.bootstrap import build_ledger
+from composition.root import Root
 from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest
 from ledger.service import Caller, Ledger
 from projections.balances import BalanceChange
-from projections.bootstrap import build_balance_store, build_stream_handler
 from projections.store import Balance
 from stream_support import REGION, Stage, sequence_of, stream_records
 
@@ -38,7 +37,7 @@ def streams(moto_dynamodb: Any) -> Any:
 @pytest.fixture
 def ledger(stage: Stage, moto_dynamodb: Any) -> Ledger:
     """The ledger of the stage, holding alice's and bob's credits, debits and a transfer."""
-    ledger = build_ledger(stage.settings, moto_dynamodb)
+    ledger = Root(stage.settings, client=moto_dynamodb).ledger
     keys = (Caller("handler-test", f"key-{n}") for n in range(100))
     for account in ("alice", "bob"):
         ledger.open_account(next(keys), OpenAccountRequest(account_id=account, currency=CURRENCY, allow_overdraft=True))
@@ -50,7 +49,7 @@ def ledger(stage: Stage, moto_dynamodb: Any) -> Ledger:
 
 
 def view(stage: Stage, client: Any, account: str) -> Balance | None:
-    return build_balance_store(stage.settings, client).get(account, consistent=True)
+    return Root(stage.settings, client=client).balance_store.get(account, consistent=True)
 
 
 def figures(stage: Stage, client: Any, account: str) -> tuple[int, int, int, int] | None:
@@ -78,7 +77,7 @@ def test_inserts_of_credits_debits_and_transfers_make_the_view_the_fold_of_the_l
     records = stream_records(moto_dynamodb, streams, stage.settings)
     assert {r["eventName"] for r in records} == {"INSERT"} and len(records) == 7
 
-    response = build_stream_handler(stage.settings, moto_dynamodb)({"Records": records}, None)
+    response = Root(stage.settings, client=moto_dynamodb).stream_handler({"Records": records}, None)
 
     assert response == {"batchItemFailures": []}
     assert figures(stage, moto_dynamodb, "alice") == ALICE
@@ -89,13 +88,13 @@ def test_inserts_of_credits_debits_and_transfers_make_the_view_the_fold_of_the_l
 
 def test_the_same_batch_delivered_twice_changes_nothing(stage: Stage, moto_dynamodb: Any, streams: Any, ledger: Ledger):
     records = stream_records(moto_dynamodb, streams, stage.settings)
-    handler = build_stream_handler(stage.settings, moto_dynamodb)
+    handler = Root(stage.settings, client=moto_dynamodb).stream_handler
     assert handler({"Records": records}, None) == {"batchItemFailures": []}
     once = {a: view(stage, moto_dynamodb, a) for a in ("alice", "bob")}
 
     assert handler({"Records": records}, None) == {"batchItemFailures": []}
     # A fresh handler (another Lambda instance) gets the batch a third time.
-    assert build_stream_handler(stage.settings, moto_dynamodb)({"Records": records}, None) == {"batchItemFailures": []}
+    assert Root(stage.settings, client=moto_dynamodb).stream_handler({"Records": records}, None) == {"batchItemFailures": []}
 
     assert {a: view(stage, moto_dynamodb, a) for a in ("alice", "bob")} == once  # not even updated_at moved
     assert (figures(stage, moto_dynamodb, "alice"), figures(stage, moto_dynamodb, "bob")) == (ALICE, BOB)
@@ -149,7 +148,7 @@ def test_a_modified_or_removed_event_raises_an_integrity_alarm_with_both_images_
     inserts = [r for r in records if r["eventName"] == "INSERT"]
     tampering = [r for r in records if r["eventName"] != "INSERT"]
     assert [r["eventName"] for r in tampering] == ["MODIFY", "REMOVE"]
-    handler = build_stream_handler(stage.settings, moto_dynamodb)
+    handler = Root(stage.settings, client=moto_dynamodb).stream_handler
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
     capsys.readouterr()
 
@@ -178,7 +177,7 @@ def test_records_of_unknown_kinds_are_skipped_and_not_reported(stage: Stage, mot
     ttl_like = copy.deepcopy(records[0])  # moto never expires items: forge what DynamoDB Local sends for TTL
     ttl_like["eventName"] = "UNKNOWN_TO_SDK_VERSION"
     ttl_like["dynamodb"]["SequenceNumber"] = "9" * 21
-    handler = build_stream_handler(stage.settings, moto_dynamodb)
+    handler = Root(stage.settings, client=moto_dynamodb).stream_handler
 
     assert handler({"Records": [ttl_like]}, None) == {"batchItemFailures": []}
     assert figures(stage, moto_dynamodb, records[0]["dynamodb"]["Keys"]["entity_id"]["S"]) is None  # nothing applied
@@ -203,7 +202,7 @@ def test_an_insert_that_is_not_a_ledger_event_is_reported_and_the_rest_apply(
     broken = copy.deepcopy(records[-1])
     spoil(broken["dynamodb"]["NewImage"])
 
-    response = build_stream_handler(stage.settings, moto_dynamodb)({"Records": [*records[:-1], broken]}, None)
+    response = Root(stage.settings, client=moto_dynamodb).stream_handler({"Records": [*records[:-1], broken]}, None)
 
     assert response == {"batchItemFailures": [{"itemIdentifier": sequence_of(broken)}]}
     assert figures(stage, moto_dynamodb, "alice") == ALICE
@@ -237,7 +236,7 @@ def test_when_one_accounts_balance_fails_only_its_records_are_reported_and_a_red
     assert 0 < sequences.index(bobs[0]) and sequences.index(bobs[-1]) == len(records) - 1  # alice's records around bob's
     failing = ThrottledFor(moto_dynamodb, "bob")
 
-    response = build_stream_handler(stage.settings, failing)({"Records": records}, None)
+    response = Root(stage.settings, client=failing).stream_handler({"Records": records}, None)
 
     assert failing.refused > 0
     assert [f["itemIdentifier"] for f in response["batchItemFailures"]] == bobs
@@ -246,7 +245,7 @@ def test_when_one_accounts_balance_fails_only_its_records_are_reported_and_a_red
     # Lambda retries from the first failed record: alice's later records come again too.
     retry = records[sequences.index(bobs[0]) :]
     assert any(account_of(r) == "alice" for r in retry)
-    healthy = build_stream_handler(stage.settings, moto_dynamodb)
+    healthy = Root(stage.settings, client=moto_dynamodb).stream_handler
     assert healthy({"Records": retry}, None) == {"batchItemFailures": []}
     assert figures(stage, moto_dynamodb, "alice") == ALICE
     assert figures(stage, moto_dynamodb, "bob") == BOB

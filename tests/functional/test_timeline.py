@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 import pytest
 
 from audit.timeline import Timeline
+from composition.root import Root
 from ledger.ids import format_rfc3339, time_range_bounds
 from ledger.schema import TIME_SHARDS
-from ledger.store import EventStore, time_shard
+from ledger.store import time_shard
 from past_events import EPOCH, append, at, past_event
 
 DAY = 86_400
@@ -94,14 +95,14 @@ class CountingClient:
         return page
 
 
-def counted_timeline(ledger, dynamodb) -> tuple[Timeline, CountingClient]:
+def counted_timeline(root, dynamodb) -> tuple[Timeline, CountingClient]:
     counting = CountingClient(dynamodb)
-    return Timeline(EventStore(counting, ledger.store.tables, "us-east-1"), ledger.cursors), counting
+    return Root(root.settings, client=counting).timeline, counting
 
 
-def test_a_small_page_asks_each_shard_once_and_reads_little(ledger, dynamodb):
+def test_a_small_page_asks_each_shard_once_and_reads_little(root, ledger, dynamodb):
     append(ledger, [past_event(f"acct-{n % 3}", at(n * 60), 5) for n in range(300)])
-    timeline, counting = counted_timeline(ledger, dynamodb)
+    timeline, counting = counted_timeline(root, dynamodb)
 
     page = timeline.page(EPOCH, at(DAY), limit=5)
 
@@ -110,9 +111,9 @@ def test_a_small_page_asks_each_shard_once_and_reads_little(ledger, dynamodb):
     assert counting.items <= 2 * 5 + 2 * TIME_SHARDS  # a tiny page: the shards' look-ahead dominates
 
 
-def test_an_empty_year_costs_one_query_per_shard_not_one_per_day(ledger, dynamodb):
+def test_an_empty_year_costs_one_query_per_shard_not_one_per_day(root, ledger, dynamodb):
     append(ledger, [past_event("alice", at(n), 1) for n in range(3)])  # all on the epoch's first day
-    timeline, counting = counted_timeline(ledger, dynamodb)
+    timeline, counting = counted_timeline(root, dynamodb)
 
     page = timeline.page(at(2 * DAY), at(367 * DAY), limit=1)
 
@@ -121,11 +122,11 @@ def test_an_empty_year_costs_one_query_per_shard_not_one_per_day(ledger, dynamod
 
 
 @pytest.mark.parametrize("skew", ["spread", "one shard"])
-def test_a_page_of_100_reads_at_most_twice_what_it_returns(ledger, dynamodb, skew):
+def test_a_page_of_100_reads_at_most_twice_what_it_returns(root, ledger, dynamodb, skew):
     events = [past_event(f"acct-{n % 11}", at(n * 13.7), 5) for n in range(1_200)]
     events = events[:150] if skew == "spread" else [e for e in events if time_shard(e.event_id) == "03"][:150]
     append(ledger, events)
-    timeline, counting = counted_timeline(ledger, dynamodb)
+    timeline, counting = counted_timeline(root, dynamodb)
 
     page = timeline.page(EPOCH, at(30 * DAY), limit=100)
 
@@ -134,10 +135,10 @@ def test_a_page_of_100_reads_at_most_twice_what_it_returns(ledger, dynamodb, ske
     assert counting.queries <= 2 * TIME_SHARDS
 
 
-def test_reading_a_whole_window_costs_its_events_not_its_days(ledger, dynamodb):
+def test_reading_a_whole_window_costs_its_events_not_its_days(root, ledger, dynamodb):
     events = [past_event(f"acct-{n % 5}", at(n * 1_728), 5) for n in range(300)]  # 300 events over 6 days
     append(ledger, events)
-    timeline, counting = counted_timeline(ledger, dynamodb)
+    timeline, counting = counted_timeline(root, dynamodb)
 
     got = list(timeline.events(at(-300 * DAY), at(66 * DAY)))  # a year's window
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from chalice.test import Client
 
-from api.app import app, use_ledger
+from composition.root import Root
+from api.app import create_app
 from api_client import Api
-from ledger.bootstrap import build_ledger
 from ledger.config import Settings, dynamodb_client
 from ledger.schema import table_definitions
 from runtime.journal import WriteJournal
@@ -27,12 +27,8 @@ def journaled(settings: Settings, dynamodb: Any, tmp_path: Path):
     """The app over moto through a client whose acknowledged writes go to a journal."""
     journal = WriteJournal(tmp_path / "write-journal.jsonl")
     client = journal.attach(dynamodb_client(settings))
-    use_ledger(build_ledger(settings, client))
-    try:
-        with Client(app) as http:
-            yield Api(http), journal
-    finally:
-        use_ledger(None)
+    with Client(create_app(Root(settings, client=client))) as http:
+        yield Api(http), journal
 
 
 def write_some(api: Api) -> list[dict]:

@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from composition.root import Root
 from ledger import errors
-from ledger.bootstrap import build_ledger
 from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest
 from ledger.config import Settings, dynamodb_client
 from ledger.service import Caller, Ledger, Outcome
@@ -30,7 +30,7 @@ def ledger(dynamodb_local) -> Ledger:
     settings = Settings(stage=f"x{uuid.uuid4().hex[:10]}", endpoint_url=dynamodb_local.endpoint_url)
     client = dynamodb_client(settings)
     ensure_tables(client, settings)
-    return build_ledger(settings, client)
+    return Root(settings, client=client).ledger
 
 
 def _race(action: Callable[[int], object]) -> list[object]:

@@ -234,8 +234,11 @@ def test_an_unknown_route_is_404_and_echoes_no_header(fresh: Live, authorization
 
 
 def test_a_known_path_with_another_method_stays_the_apps_405_problem() -> None:
-    from api.app import app as ledger_app
+    from api.app import create_app
+    from composition.root import Root
+    from ledger.config import Settings
 
+    ledger_app = create_app(Root(Settings()))
     original = type(ledger_app)
     try:
         with running(app=ledger_app) as served:

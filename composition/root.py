@@ -1,0 +1,91 @@
+"""The composition root: everything one region's process needs, built lazily from its settings.
+
+Nothing else in the project builds a boto3 client or wires a store to a service.
+The Chalice app (`api.app.create_app(root)`), the stream handler Lambda runs, the
+local runtime and every `ledger` command take a `Root`; a test or `ledger serve
+--regions` builds one root per region, and nothing is shared between them but the
+process. Each part is built on first use (`cached_property`), so importing the app
+opens no connection and a Lambda that only projects never builds the API's parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cached_property
+from typing import Any
+
+from audit.checkpoints import Checkpoints
+from audit.store import CheckpointStore
+from audit.timeline import Timeline
+from ledger.config import REQUEST_PATH, Settings, dynamodb_client
+from ledger.cursors import CursorCodec
+from ledger.service import Ledger
+from ledger.store import EventStore
+from projections.handler import make_handler
+from projections.projector import Projector
+from projections.queries import BalanceQueries
+from projections.schema import ProjectionTables
+from projections.store import BalanceStore
+
+
+@dataclass
+class Root:
+    """One region's parts. `client` overrides the DynamoDB client (tests, a journaled local client)."""
+
+    settings: Settings
+    client: Any = None
+    client_config: Any = REQUEST_PATH
+    # Where the other regions' APIs answer, when this process knows (serve --regions): region -> base URL.
+    region_urls: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls) -> Root:
+        return cls(Settings.from_env())
+
+    @cached_property
+    def dynamodb(self) -> Any:
+        return self.client if self.client is not None else dynamodb_client(self.settings, self.client_config)
+
+    @cached_property
+    def event_store(self) -> EventStore:
+        return EventStore(self.dynamodb, self.settings.tables, self.settings.region)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        return Ledger(
+            self.event_store,
+            self.settings.region,
+            idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
+            cursors=self.cursors,
+            regions=self.settings.regions,
+        )
+
+    @cached_property
+    def cursors(self) -> CursorCodec:
+        return CursorCodec(self.settings.cursor_key)
+
+    @cached_property
+    def balance_store(self) -> BalanceStore:
+        return BalanceStore(self.dynamodb, ProjectionTables.for_stage(self.settings.stage))
+
+    @cached_property
+    def balances(self) -> BalanceQueries:
+        return BalanceQueries(self.balance_store, self.ledger)
+
+    @cached_property
+    def projector(self) -> Projector:
+        return Projector(self.balance_store)
+
+    @cached_property
+    def stream_handler(self) -> Any:
+        """The `(event, context)` function Lambda and the local poller both call."""
+        return make_handler(lambda: self.projector)
+
+    @cached_property
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(CheckpointStore(self.dynamodb, self.settings.tables.checkpoints), self.event_store)
+
+    @cached_property
+    def timeline(self) -> Timeline:
+        return Timeline(self.event_store, self.cursors)
