@@ -77,6 +77,11 @@ def _bound(app: Chalice, root: Root, view: Callable[..., Response]) -> Callable[
     def answer(**path_params: str) -> Response:
         try:
             return view(View(root, app.current_request), **path_params)
+        except errors.WrongRegion as elsewhere:
+            home_url = root.region_urls.get(elsewhere.extra.get("home_region", ""))
+            if home_url:  # a router, or the client, retries there
+                elsewhere.extra["home_url"] = home_url
+            return problem_for(elsewhere)
         except errors.LedgerError as error:
             return problem_for(error)
         except (BotoCoreError, ClientError) as failure:

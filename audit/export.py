@@ -33,7 +33,7 @@ from .timeline import Position, position_of
 CSV_COLUMNS = [
     "event_id", "entity_id", "transaction_id", "type", "transaction_type", "amount", "currency", "recorded_at",
     "region", "idempotency_key", "counterparty", "allow_overdraft", "reverses", "description", "metadata",
-    "schema_version",
+    "schema_version", "write_epoch", "available_pending",
 ]  # fmt: skip
 
 Source = Callable[[Position | None], Iterator[Event]]

@@ -67,7 +67,12 @@ class Root:
 
     @cached_property
     def balance_store(self) -> BalanceStore:
-        return BalanceStore(self.dynamodb, ProjectionTables.for_stage(self.settings.stage))
+        return BalanceStore(
+            self.dynamodb,
+            ProjectionTables.for_stage(self.settings.stage),
+            accounts_table=self.settings.tables.accounts,
+            region=self.settings.region,
+        )
 
     @cached_property
     def balances(self) -> BalanceQueries:

@@ -65,11 +65,15 @@ class _Request(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
+RegionName = Annotated[str, StringConstraints(strict=True, pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$")]
+
+
 class OpenAccountRequest(_Request):
     account_id: AccountId
     currency: Currency
     allow_overdraft: bool = False
     metadata: Metadata = Field(default_factory=dict)
+    home_region: RegionName | None = None  # default: the region that takes the request
 
 
 class MovementRequest(_Request):

@@ -35,6 +35,11 @@ class _Event(BaseModel):
     description: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     reverses: str | None = None  # on a reversal's legs: the transaction they negate
+    # The account's write epoch when this event was recorded (absent on events from before epochs).
+    write_epoch: int | None = None
+    # True on a credit recorded outside the account's home region (the credit leg of a transfer
+    # between homes): its home's projector adds it to the account's available balance.
+    available_pending: bool | None = None
 
     @property
     def signed_amount(self) -> int:

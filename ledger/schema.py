@@ -22,6 +22,12 @@ TIME_INDEX = "by_time"
 TIME_SHARDS = 8
 TIME_SHARD_ATTRIBUTE = "time_shard"
 INDEX_ATTRIBUTES = (TIME_SHARD_ATTRIBUTE,)  # stored with each event for its indexes; not part of the event
+# Global Tables' per-item write stamp (visible as attributes in its 2017 version; the local
+# replicator writes them too): when and where the item was last written. Never part of a record.
+REPLICATION_TIME = "aws:rep:updatetime"
+REPLICATION_REGION = "aws:rep:updateregion"
+REPLICATION_ATTRIBUTES = (REPLICATION_TIME, REPLICATION_REGION)
+STORAGE_ATTRIBUTES = INDEX_ATTRIBUTES + REPLICATION_ATTRIBUTES
 IDEMPOTENCY_TTL_ATTRIBUTE = "expires_at"
 
 
@@ -33,6 +39,11 @@ class LedgerTables:
     accounts: str
     idempotency: str
     checkpoints: str
+
+    @property
+    def replicated(self) -> tuple[str, ...]:
+        """The global tables: one item each, replicated to every region (checkpoints are built per region)."""
+        return (self.events, self.accounts, self.idempotency)
 
     @classmethod
     def for_stage(cls, stage: str) -> LedgerTables:
@@ -72,16 +83,19 @@ def table_definitions(tables: LedgerTables) -> list[dict[str, Any]]:
         "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
         "BillingMode": "PAY_PER_REQUEST",
     }
+    # Global tables need a stream (new and old images) on every replica: replication reads it.
     accounts = {
         "TableName": tables.accounts,
         "KeySchema": _keys(("account_id", "HASH")),
         "AttributeDefinitions": [{"AttributeName": "account_id", "AttributeType": "S"}],
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
         "BillingMode": "PAY_PER_REQUEST",
     }
     idempotency = {
         "TableName": tables.idempotency,
         "KeySchema": _keys(("idempotency_id", "HASH")),
         "AttributeDefinitions": [{"AttributeName": "idempotency_id", "AttributeType": "S"}],
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
         "BillingMode": "PAY_PER_REQUEST",
     }
     checkpoints = {

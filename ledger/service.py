@@ -26,7 +26,18 @@ from .commands import MovementRequest, OpenAccountRequest, ReversalRequest, Tran
 from .events import AccountOpened, Credited, Debited, Event
 from .ids import format_rfc3339, is_account_id, is_ulid, new_ulid, new_ulid_after, time_range_bounds, ulid_time
 from .reversals import check_reversible, legs_complete, reversal_legs
-from .store import BalanceGuard, Commit, Contention, EventStore, IdempotencyRecord, KeyAlreadyUsed, OutOfOrder, ReversalMarker
+from .store import (
+    BalanceGuard,
+    Commit,
+    Contention,
+    EventStore,
+    HomedElsewhere,
+    IdempotencyRecord,
+    KeyAlreadyUsed,
+    OutOfOrder,
+    ReversalMarker,
+    StaleEpoch,
+)
 
 MAX_IDEMPOTENCY_KEY = 255
 MAX_PAGE = 1000
@@ -85,10 +96,16 @@ class RetryPolicy:
 
 
 class Minter:
-    """Mints event ids per account, above the newest id the account is known to hold."""
+    """What a draft learns from refused attempts: ids above each account's newest, epochs, remote homes.
 
-    def __init__(self) -> None:
+    Calling it mints an event id for an account, above the newest id the account is
+    known to hold.
+    """
+
+    def __init__(self, epochs: dict[str, int] | None = None) -> None:
         self._floors: dict[str, str] = {}
+        self.epochs: dict[str, int] = epochs if epochs is not None else {}
+        self.remote: dict[str, int] = {}  # accounts homed elsewhere -> their epoch, as last seen
 
     def __call__(self, account_id: str) -> str:
         return new_ulid_after(self._floors.get(account_id))
@@ -139,11 +156,25 @@ class Ledger:
         self._monotonic = monotonic
         self._cursors = cursors or CursorCodec(development_key("dev"))
         self._regions = regions or (region,)
+        self._epochs: dict[str, int] = {}  # accounts' write epochs as last seen; learned from refusals
 
     # -- writes -----------------------------------------------------------------
 
     def open_account(self, caller: Caller, request: OpenAccountRequest) -> Outcome:
         record_id = caller.record_id()
+        home = request.home_region or self._region
+        if home not in self._regions:
+            raise errors.InvalidRequest(
+                f"home_region: {home!r} is not a region of this ledger ({', '.join(self._regions)})",
+                errors=[{"field": "home_region", "message": f"one of {', '.join(self._regions)}", "type": "unknown_region"}],
+            )
+        if home != self._region:
+            # The account item's first write is its home's, like every later one: one writer per item.
+            raise errors.WrongRegion(
+                f"an account homed in {home} is opened in {home}, not {self._region}",
+                account_id=request.account_id,
+                home_region=home,
+            )
 
         def draft(mint: Minter) -> Draft:
             event_id = mint(request.account_id)
@@ -159,13 +190,14 @@ class Ledger:
                 region=self._region,
                 idempotency_key=caller.idempotency_key or "",
                 metadata=request.metadata,
+                write_epoch=1,
             )
             account = Account(
                 account_id=request.account_id,
                 currency=request.currency,
                 allow_overdraft=request.allow_overdraft,
                 metadata=request.metadata,
-                home_region=self._region,
+                home_region=home,
                 opened_at=opened_at,
                 opened_event_id=event_id,
                 last_event_id=event_id,
@@ -189,7 +221,7 @@ class Ledger:
         def draft(mint: Minter) -> Draft:
             transaction_id = new_ulid()
             event = event_class(**self._leg(caller, transaction_id, kind, account_id, request, mint(account_id)))
-            return self._transaction_draft(transaction_id, kind, (event,))
+            return self._transaction_draft(mint, transaction_id, kind, (event,))
 
         return self._record(record_id, fingerprint(kind, account_id, request), draft)
 
@@ -208,7 +240,7 @@ class Ledger:
                 **self._leg(caller, transaction_id, "transfer", request.to_account, request, mint(request.to_account)),
                 counterparty=request.from_account,
             )
-            return self._transaction_draft(transaction_id, "transfer", (debit, credit))
+            return self._transaction_draft(mint, transaction_id, "transfer", (debit, credit))
 
         return self._record(record_id, fingerprint("transfer", None, request), draft)
 
@@ -238,7 +270,7 @@ class Ledger:
                 metadata=request.metadata,
             )
             marker = ReversalMarker(transaction_id, reversal_id, events[0].recorded_at)
-            return self._transaction_draft(reversal_id, "reversal", events, marker, {"reverses": transaction_id})
+            return self._transaction_draft(mint, reversal_id, "reversal", events, marker, {"reverses": transaction_id})
 
         return self._record(record_id, fingerprint("reversal", transaction_id, request), draft)
 
@@ -273,17 +305,34 @@ class Ledger:
 
     def _transaction_draft(
         self,
+        mint: Minter,
         transaction_id: str,
         kind: str,
-        events: tuple[Event, ...],
+        legs: tuple[Event, ...],
         reversal: ReversalMarker | None = None,
         body_extra: dict | None = None,
     ) -> Draft:
-        guards = tuple(BalanceGuard(e.entity_id, e.currency, e.signed_amount, e.event_id) for e in events)
+        """The legs with their epochs, and a guard per leg.
+
+        A debit (and a lone credit) runs in its account's home, guarded there. The credit
+        leg of a transaction between two homes is recorded here as an event only: its
+        account is checked but not written, and the event says `available_pending`, so the
+        account's home adds it to `available` when the event reaches it (one writer per item).
+        """
+        events: list[Event] = []
+        guards: list[BalanceGuard] = []
+        for leg in legs:
+            account = leg.entity_id
+            remote = account in mint.remote
+            epoch = mint.remote[account] if remote else mint.epochs.get(account, 1)
+            events.append(leg.model_copy(update={"write_epoch": epoch, "available_pending": True if remote else None}))
+            remote_ok = len(legs) > 1 and leg.signed_amount > 0
+            guards.append(BalanceGuard(account, leg.currency, leg.signed_amount, leg.event_id, epoch, remote, remote_ok))
         body = _json(
             {"transaction_id": transaction_id, "type": kind, **(body_extra or {}), "events": [_event_json(e) for e in events]}
         )
-        return Draft(Commit(events=events, guards=guards, reversal=reversal), body, f"/transactions/{transaction_id}")
+        commit = Commit(events=tuple(events), guards=tuple(guards), reversal=reversal)
+        return Draft(commit, body, f"/transactions/{transaction_id}")
 
     def _record(self, record_id: str, fp: str, draft: Callable[[Minter], Draft]) -> Outcome:
         """Commit the drafted write once; replay or refuse a used key; retry what DynamoDB cannot.
@@ -296,7 +345,7 @@ class Ledger:
         Throttling and 5xx were retried by botocore already and end the request.
         """
         started = self._monotonic()
-        mint = Minter()
+        mint = Minter(self._epochs)
         now = self._clock()
         commit, record = self._sealed(draft(mint), record_id, fp, now)
         contention: Contention | None = None
@@ -310,6 +359,20 @@ class Ledger:
                 if remints > self._retry.max_remints:
                     break
                 mint.raise_floor(late.account_id, late.newest)
+                commit, record = self._sealed(draft(mint), record_id, fp, now)
+                continue
+            except HomedElsewhere as elsewhere:  # a credit leg's account lives in another home
+                remints += 1
+                if remints > self._retry.max_remints:
+                    break
+                mint.remote[elsewhere.account_id] = elsewhere.epoch
+                commit, record = self._sealed(draft(mint), record_id, fp, now)
+                continue
+            except StaleEpoch as moved:  # a fail-over came and went: write under the account's epoch now
+                remints += 1
+                if remints > self._retry.max_remints:
+                    break
+                self._epochs[moved.account_id] = moved.epoch
                 commit, record = self._sealed(draft(mint), record_id, fp, now)
                 continue
             except KeyAlreadyUsed as used:

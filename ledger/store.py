@@ -29,7 +29,7 @@ from .accounts import Account
 from .events import Event, parse_event
 from .schema import (
     IDEMPOTENCY_TTL_ATTRIBUTE,
-    INDEX_ATTRIBUTES,
+    STORAGE_ATTRIBUTES,
     TIME_INDEX,
     TIME_SHARD_ATTRIBUTE,
     TIME_SHARDS,
@@ -79,6 +79,9 @@ class BalanceGuard:
     currency: str
     delta: int
     event_id: str
+    epoch: int = 1  # the account's write epoch this region believes in; a guarded write checks it
+    remote: bool = False  # a credit of an account homed elsewhere: checked (exists, open, currency), not written
+    remote_ok: bool = False  # a credit that may be remote (a transfer's or reversal's credit leg)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,25 @@ class OutOfOrder(Exception):
         super().__init__(f"account {account_id!r} already holds {newest}")
         self.account_id = account_id
         self.newest = newest
+
+
+class HomedElsewhere(Exception):
+    """A credit leg's account is homed in another region: record it there as event-only, settled at home."""
+
+    def __init__(self, account_id: str, home_region: str, epoch: int) -> None:
+        super().__init__(f"account {account_id!r} is homed in {home_region}")
+        self.account_id = account_id
+        self.home_region = home_region
+        self.epoch = epoch
+
+
+class StaleEpoch(Exception):
+    """The account's write epoch moved (a fail-over came back here): redraft under `epoch`."""
+
+    def __init__(self, account_id: str, epoch: int) -> None:
+        super().__init__(f"account {account_id!r} is at write epoch {epoch}")
+        self.account_id = account_id
+        self.epoch = epoch
 
 
 class Contention(Exception):
@@ -193,15 +215,24 @@ def event_item(event: Event) -> dict[str, Any]:
     return serialize({**data, TIME_SHARD_ATTRIBUTE: time_shard(event.event_id)})
 
 
-def event_from_item(item: dict[str, Any]) -> Event:
+def record_data(item: dict[str, Any]) -> dict[str, Any]:
+    """A stored item's own fields: index keys and replication stamps left out."""
     data = deserialize(item)
-    for name in INDEX_ATTRIBUTES:
+    for name in STORAGE_ATTRIBUTES:
         data.pop(name, None)
-    return parse_event(data)
+    return data
+
+
+def event_from_item(item: dict[str, Any]) -> Event:
+    return parse_event(record_data(item))
+
+
+def account_from_item(item: dict[str, Any]) -> Account:
+    return Account.model_validate(record_data(item))
 
 
 def _record_from_item(item: dict[str, Any]) -> IdempotencyRecord:
-    data = deserialize(item)
+    data = record_data(item)
     return IdempotencyRecord(
         idempotency_id=data["idempotency_id"],
         request_hash=data["request_hash"],
@@ -322,15 +353,29 @@ class EventStore:
         }
 
     def _update_guard(self, guard: BalanceGuard) -> dict[str, Any]:
+        if guard.remote:
+            # Not this region's item to write (one writer per item: its home). Checked only;
+            # the account's home adds the credit to `available` when the event reaches it.
+            return {
+                "ConditionCheck": {
+                    "TableName": self._tables.accounts,
+                    "Key": {"account_id": {"S": guard.account_id}},
+                    "ConditionExpression": "attribute_exists(account_id) AND #status = :open AND currency = :currency",
+                    "ExpressionAttributeNames": {"#status": "status"},
+                    "ExpressionAttributeValues": {":open": {"S": "open"}, ":currency": {"S": guard.currency}},
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            }
         condition = (
             "attribute_exists(account_id) AND #status = :open AND currency = :currency AND home_region = :region"
-            " AND (attribute_not_exists(last_event_id) OR last_event_id < :event)"
+            " AND write_epoch = :epoch AND (attribute_not_exists(last_event_id) OR last_event_id < :event)"
         )
         values: dict[str, Any] = {
             ":delta": {"N": str(guard.delta)},
             ":open": {"S": "open"},
             ":currency": {"S": guard.currency},
             ":region": {"S": self._region},
+            ":epoch": {"N": str(guard.epoch)},
             ":event": {"S": guard.event_id},
         }
         if guard.delta < 0:
@@ -353,7 +398,7 @@ class EventStore:
         return KeyAlreadyUsed(_record_from_item(old) if old else None)
 
     def _guard_refused(self, guard: BalanceGuard, old: dict[str, Any] | None) -> Exception:
-        account = Account.model_validate(deserialize(old)) if old else self.get_account(guard.account_id)
+        account = account_from_item(old) if old else self.get_account(guard.account_id)
         name = guard.account_id
         if account is None:
             return errors.AccountNotFound(f"account {name!r} does not exist", account_id=name)
@@ -365,12 +410,18 @@ class EventStore:
                 account_id=name,
                 account_currency=account.currency,
             )
+        if guard.remote:
+            return Contention(on_idempotency_record=False)  # it was open in its currency: it moved since
         if account.home_region != self._region:
+            if guard.remote_ok:
+                return HomedElsewhere(name, account.home_region, account.write_epoch)
             return errors.WrongRegion(
                 f"account {name!r} is written in {account.home_region}, not {self._region}",
                 account_id=name,
                 home_region=account.home_region,
             )
+        if account.write_epoch != guard.epoch:
+            return StaleEpoch(name, account.write_epoch)
         if guard.delta < 0 and not account.allow_overdraft and account.available < -guard.delta:
             return errors.InsufficientFunds(
                 f"account {name!r} does not allow overdraft and holds too little for {-guard.delta}",
@@ -434,7 +485,7 @@ class EventStore:
             TableName=self._tables.accounts, Key={"account_id": {"S": account_id}}, ConsistentRead=True
         )
         item = response.get("Item")
-        return Account.model_validate(deserialize(item)) if item else None
+        return account_from_item(item) if item else None
 
     def account_ids(self) -> Iterator[str]:
         request: dict[str, Any] = {"TableName": self._tables.accounts, "ProjectionExpression": "account_id"}

@@ -27,7 +27,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from ledger.events import Event, parse_event
 from ledger.ids import parse_rfc3339
-from ledger.schema import INDEX_ATTRIBUTES
+from ledger.schema import STORAGE_ATTRIBUTES
 
 from .projector import Projector, key_of
 
@@ -38,7 +38,7 @@ metrics = Metrics(namespace="DynamoLedger", service="ledger-projector")
 
 def event_from_image(image: dict[str, Any]) -> Event:
     """The domain event in a stream record's NewImage (already deserialised by Powertools)."""
-    data = {k: _plain(v) for k, v in image.items() if k not in INDEX_ATTRIBUTES}
+    data = {k: _plain(v) for k, v in image.items() if k not in STORAGE_ATTRIBUTES}
     return parse_event(data)
 
 

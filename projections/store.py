@@ -36,8 +36,20 @@ class AlreadyApplied(Exception):
     """At least one of the events is in a seen-set already; nothing was written."""
 
 
-class _OlderThanView(Exception):
-    """The view already names an event newer than the ones being applied."""
+class _Refused(Exception):
+    """Conditions failed on these items of a transaction (index -> the item as it was, when returned)."""
+
+    def __init__(self, items: dict[int, dict[str, Any] | None]) -> None:
+        super().__init__(f"conditions failed on items {sorted(items)}")
+        self.items = items
+
+    @property
+    def at(self) -> set[int]:
+        return set(self.items)
+
+
+class AccountNotHereYet(Exception):
+    """A credit to settle for an account whose item has not reached this region yet; retried later."""
 
 
 class Contention(Exception):
@@ -94,10 +106,20 @@ def _balance_from_item(item: dict[str, Any]) -> Balance:
 class BalanceStore:
     """Apply events to balances exactly once; read balances back."""
 
-    def __init__(self, client: Any, tables: ProjectionTables, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: Any,
+        tables: ProjectionTables,
+        clock: Callable[[], float] = time.time,
+        *,
+        accounts_table: str | None = None,
+        region: str | None = None,
+    ) -> None:
         self._client = client
         self._tables = tables
         self._clock = clock
+        self._accounts_table = accounts_table  # where a home region settles credits recorded elsewhere
+        self._region = region
 
     # -- writes -----------------------------------------------------------------
 
@@ -108,13 +130,53 @@ class BalanceStore:
         event being older than ours. Events arrive out of ULID order only across shards
         or regions, so the rare refusal is answered by committing the same change once
         more without touching `as_of`.
+
+        Credits recorded outside their account's home (`available_pending`) are added to
+        the account's `available` here, in the same transaction as their marks, if this
+        region is the account's home: exactly once, by the one region that writes that
+        account item. Elsewhere the condition fails and the change is committed without it.
         """
         change = BalanceChange.of(events)
         seen = self._seen_updates(events, guarded=True)
-        try:
-            self._transact([*seen, self._add_change(change, advance_as_of=True)])
-        except _OlderThanView:
-            self._transact([*seen, self._add_change(change, advance_as_of=False)])
+        pending = sum(event.signed_amount for event in events if event.available_pending)
+        settle = [self._settle_at_home(change.account_id, pending)] if pending and self._region else []
+        advance_as_of = True
+        while True:
+            items = [*seen, *settle, self._add_change(change, advance_as_of=advance_as_of)]
+            try:
+                self._transact(items)
+                return
+            except _Refused as refused:
+                if any(index < len(seen) for index in refused.at):
+                    raise AlreadyApplied() from refused  # an event is in a seen-set: go one at a time
+                if settle and len(seen) in refused.at:
+                    self._check_homed_elsewhere(change.account_id, refused.items.get(len(seen)))
+                    settle = []  # not this region's account to write: its home settles the credit
+                if len(items) - 1 in refused.at:
+                    if not advance_as_of:
+                        raise
+                    advance_as_of = False  # an older event arrived late: count it, keep the newer as_of
+
+    def _settle_at_home(self, account_id: str, amount: int) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self._accounts_table,
+                "Key": {"account_id": {"S": account_id}},
+                "UpdateExpression": "ADD available :amount",
+                "ConditionExpression": "attribute_exists(account_id) AND home_region = :here",
+                "ExpressionAttributeValues": {":amount": {"N": str(amount)}, ":here": {"S": self._region}},
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+        }
+
+    def _check_homed_elsewhere(self, account_id: str, item: dict[str, Any] | None) -> None:
+        """Raise `AccountNotHereYet` unless the account item is here, homed elsewhere: never drop a credit."""
+        if item is None:  # not handed back with the refusal: read it
+            item = self._client.get_item(
+                TableName=self._accounts_table, Key={"account_id": {"S": account_id}}, ConsistentRead=True
+            ).get("Item")
+        if item is None or item.get("home_region", {}).get("S") == self._region:
+            raise AccountNotHereYet(f"account {account_id!r} is not in {self._region} yet; its credit is retried")
 
     def replace(self, account_id: str, change: BalanceChange | None, currency: str, read_version: int | None, recent: Sequence[Event]) -> None:
         """Set the view to `change` if it is still at `read_version`, marking `recent` events as seen.
@@ -127,7 +189,7 @@ class BalanceStore:
         guard = self._version_guard(account_id, read_version)
         while len(marks) > 98:
             chunk, marks = marks[:98], marks[98:]
-            self._transact([*chunk, {"ConditionCheck": guard}], on_condition=ViewChanged)
+            self._transact_guarded([*chunk, {"ConditionCheck": guard}])
         now = self._clock()
         item = {
             "pk": {"S": balance_key(account_id)},
@@ -144,7 +206,13 @@ class BalanceStore:
             item["as_of_event_id"] = {"S": change.newest_event_id}
             item["as_of_recorded_at"] = {"S": change.newest_recorded_at}
         put = {"TableName": self._tables.balances, "Item": item, **_without_key(guard)}
-        self._transact([*marks, {"Put": put}], on_condition=ViewChanged)
+        self._transact_guarded([*marks, {"Put": put}])
+
+    def _transact_guarded(self, items: list[dict[str, Any]]) -> None:
+        try:
+            self._transact(items)
+        except _Refused as refused:
+            raise ViewChanged() from refused
 
     def _version_guard(self, account_id: str, read_version: int | None) -> dict[str, Any]:
         guard: dict[str, Any] = {"TableName": self._tables.balances, "Key": {"pk": {"S": balance_key(account_id)}}}
@@ -204,24 +272,18 @@ class BalanceStore:
             )
         return {"Update": update}
 
-    def _transact(self, items: list[dict[str, Any]], on_condition: type[Exception] = AlreadyApplied) -> None:
-        """One TransactWriteItems; a refusal is raised as the exception that explains it.
-
-        A failed condition on any item but the last is `on_condition`; on the last one
-        alone (the balance update's `as_of` guard in `apply`) it is `_OlderThanView`.
-        """
+    def _transact(self, items: list[dict[str, Any]]) -> None:
+        """One TransactWriteItems; failed conditions are raised as `_Refused` naming the items, contention as `Contention`."""
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons") or []]
-            failed = [i for i, reason in enumerate(reasons) if reason == "ConditionalCheckFailed"]
+            reasons = exc.response.get("CancellationReasons") or []
+            failed = {i: r.get("Item") for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"}
             if code == "TransactionCanceledException" and failed:
-                if failed == [len(items) - 1] and "ConditionExpression" in items[-1].get("Update", {}):
-                    raise _OlderThanView() from exc
-                raise on_condition() from exc
+                raise _Refused(failed) from exc
             if code in ("TransactionCanceledException", "TransactionInProgressException", "ThrottlingException") and (
-                not reasons or any(r in _CONTENTION_CODES for r in reasons)
+                not reasons or any(r.get("Code") in _CONTENTION_CODES for r in reasons)
             ):
                 raise Contention() from exc
             raise

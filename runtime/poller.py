@@ -87,6 +87,10 @@ class PollerConfig:
     backoff_cap_seconds: float = 2.0
     idle_sleep_seconds: float = 0.2  # between polls when there is nothing new
     shard_refresh_seconds: float = 5.0  # DescribeStream to find new shards
+    # A fresh iterator (after the checkpoint) for every batch. moto binds an iterator to
+    # its shard object and replaces that object when it rolls a cancelled transaction
+    # back, so a kept iterator reads the rolled-back writes and misses later ones.
+    reuse_iterators: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= 10_000:
@@ -361,6 +365,8 @@ class StreamPoller:
         deadline = self._clock() + self.config.batching_window_seconds
         iterator_renewals = 0
         shard.caught_up = False
+        if not self.config.reuse_iterators:
+            shard.iterator = None
         while len(batch) < self.config.batch_size and not self._stopping():
             if shard.iterator is None:
                 shard.iterator = self._new_iterator(shard)

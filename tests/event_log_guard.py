@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 EVENTS_TABLE_SUFFIX = "-ledger-events"
-PRODUCT_PACKAGES = ("ledger", "projections", "audit", "api", "runtime")
+PRODUCT_PACKAGES = ("ledger", "projections", "audit", "api", "runtime", "composition", "replication")
 _READS = {"GetItem", "BatchGetItem", "Query", "Scan", "DescribeTable", "DescribeTimeToLive", "ListTables"}
 
 
