@@ -143,15 +143,15 @@ def get_account(view: View, account_id: str) -> Response:
 
 @route("/accounts/{account_id}/balance", methods=["GET"])
 def get_balance(view: View, account_id: str) -> Response:
-    params = query_params(view.request, {"consistency", "at"})
+    params = query_params(view.request, {"consistency", "at", "min_as_of"})
     if "at" in params:
-        if "consistency" in params:
-            raise errors.InvalidQuery("at reads the log itself; it takes no consistency")
+        if "consistency" in params or "min_as_of" in params:
+            raise errors.InvalidQuery("at reads the log itself; it takes no consistency or min_as_of")
         return _json(200, with_exact_money(_point_in_time(view.root, account_id, _past_time(params, "at"))))
     consistency = params.get("consistency", "eventual")
     if consistency not in ("eventual", "strong"):
         raise errors.InvalidQuery("consistency is eventual (the projected view) or strong (a fold of the log)")
-    balance = view.root.balances.balance(account_id, consistency)  # type: ignore[arg-type]
+    balance = view.root.balances.balance(account_id, consistency, params.get("min_as_of"))  # type: ignore[arg-type]
     return _json(200, with_exact_money(_balance_json(balance)))
 
 
@@ -165,6 +165,10 @@ def _balance_json(balance: BalanceView) -> dict[str, Any]:
         "event_count": balance.event_count,
         "as_of": balance.as_of,
         "consistency": balance.consistency,
+        "region": balance.region,
+        "available": balance.available,
+        "in_flight": balance.in_flight,
+        "replication_watermark": balance.replication_watermark,
     }
 
 

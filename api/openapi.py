@@ -119,7 +119,7 @@ def _problems(codes: Iterable[str]) -> dict[str, Any]:
             "content": {"application/problem+json": {"schema": _ref(schemas.Problem)}},
             "x-problem-codes": codes_here,
         }
-        if any(code in ("store_unavailable", "idempotency_in_flight", "server_busy") for code in codes_here):
+        if any(code in ("store_unavailable", "idempotency_in_flight", "server_busy", "not_yet_replicated") for code in codes_here):
             response["headers"] = {"Retry-After": _header("seconds to wait before retrying the same request", {"type": "integer"})}
         responses[str(status)] = response
     return responses
@@ -197,11 +197,12 @@ def _paths() -> dict[str, Any]:
             "get": _operation(
                 "getBalance", "The balance: the projected view, a strong fold of the log, or the balance at an instant",
                 (200, {"oneOf": [_ref(schemas.BalanceOut), _ref(schemas.PointInTimeOut)]}),
-                [*_READ_CODES, "account_not_found"],
+                [*_READ_CODES, "account_not_found", "not_yet_replicated"],
                 [
                     _ACCOUNT,
                     _query("consistency", "eventual (the projected view, one read) or strong (a fold of the log)", {"enum": ["eventual", "strong"]}),
                     _query("at", "an instant in the past (RFC 3339 with a zone): the balance then", _TIME),
+                    _query("min_as_of", "an event id: answer only once this region's balance includes it (read your writes across regions)"),
                 ],
             ),
         },

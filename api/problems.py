@@ -40,10 +40,11 @@ STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
     errors.SameAccountTransfer: 422,
     errors.NotReversible: 422,
     errors.StoreUnavailable: 503,
+    errors.NotYetReplicated: 503,
 }
 
 # Refusals that a retry of the very same request can turn into a success, and when to retry.
-RETRY_AFTER_SECONDS = {"idempotency_in_flight": "1", "store_unavailable": "1"}
+RETRY_AFTER_SECONDS = {"idempotency_in_flight": "1", "store_unavailable": "1", "not_yet_replicated": "1"}
 
 
 def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> str:

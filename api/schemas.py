@@ -65,6 +65,12 @@ class _Money(_Out):
 
 class BalanceOut(_Money):
     consistency: Literal["eventual", "strong"]
+    region: str = Field(description="the region that answered")
+    available: int | None = Field(description="what a no-overdraft debit may take: the account's guard as this region holds it")
+    in_flight: int = Field(description="credits in the balance that are not available yet (recorded in another home, not settled there)")
+    replication_watermark: str | None = Field(
+        description="this region holds every other region's writes recorded up to this instant (null: one region)"
+    )
 
 
 class PointInTimeOut(_Money):

@@ -76,7 +76,7 @@ class Root:
 
     @cached_property
     def balances(self) -> BalanceQueries:
-        return BalanceQueries(self.balance_store, self.ledger)
+        return BalanceQueries(self.balance_store, self.ledger, self.settings.region)
 
     @cached_property
     def projector(self) -> Projector:

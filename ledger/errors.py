@@ -154,6 +154,13 @@ class StoreUnavailable(LedgerError):
     title = "The ledger is busy; retry with the same Idempotency-Key"
 
 
+class NotYetReplicated(LedgerError):
+    """The read asked for an event this region does not hold yet (it was recorded in another region)."""
+
+    code = "not_yet_replicated"
+    title = "This region does not hold that event yet; retry shortly"
+
+
 class DuplicateEvent(LedgerError):
     """An event with this (entity_id, event_id) is already stored; nothing was written."""
 

@@ -2,6 +2,7 @@
 
 It holds two kinds of item under one string key `pk`:
 - `balance#<account>`: the account's view (balance, credits, debits, event count, as-of).
+- `replication#watermark`: up to when this region holds every other region's writes.
 - `seen#<account>#<window>`: the ids of that account's events already applied, for
   the events whose ULID falls in one ~1 s window (the first 8 characters of the id).
   This is the dedupe record, keyed by the event's own identity; the window packs the
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 MARKER_TTL_SECONDS = 7 * 24 * 3600
+# This region holds every other region's writes up to this instant (written by the replicator).
+WATERMARK_KEY = "replication#watermark"
 TTL_ATTRIBUTE = "expires_at"
 WINDOW_CHARS = 8
 

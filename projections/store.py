@@ -23,7 +23,7 @@ from ledger.ids import format_rfc3339
 from ledger.store import deserialize
 
 from .balances import BalanceChange
-from .schema import MARKER_TTL_SECONDS, TTL_ATTRIBUTE, ProjectionTables, balance_key, seen_key
+from .schema import MARKER_TTL_SECONDS, TTL_ATTRIBUTE, WATERMARK_KEY, ProjectionTables, balance_key, seen_key
 
 _CONTENTION_CODES = frozenset(
     {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
@@ -296,6 +296,40 @@ class BalanceStore:
         )
         item = response.get("Item")
         return _balance_from_item(item) if item else None
+
+    def freshness_read(self, account_id: str, event_id: str | None = None) -> dict[str, Any]:
+        """In one request (BatchGetItem): the view, the account item, this region's replication
+        watermark and, given `event_id`, whether the view holds that event.
+
+        Returns {"balance": Balance | None, "account": item | None, "watermark": str | None,
+        "holds": bool | None}.
+        """
+        keys = [{"pk": {"S": balance_key(account_id)}}, {"pk": {"S": WATERMARK_KEY}}]
+        if event_id is not None:
+            keys.append({"pk": {"S": seen_key(account_id, event_id)}})
+        request: dict[str, Any] = {self._tables.balances: {"Keys": keys}}
+        if self._accounts_table:
+            request[self._accounts_table] = {"Keys": [{"account_id": {"S": account_id}}]}
+        found: dict[str, list[dict[str, Any]]] = {}
+        while request:
+            response = self._client.batch_get_item(RequestItems=request)
+            for table, items in response.get("Responses", {}).items():
+                found.setdefault(table, []).extend(items)
+            request = response.get("UnprocessedKeys") or {}
+        views = {item["pk"]["S"]: item for item in found.get(self._tables.balances, [])}
+        accounts = found.get(self._accounts_table or "", [])
+        seen = views.get(seen_key(account_id, event_id)) if event_id is not None else None
+        watermark = views.get(WATERMARK_KEY)
+        return {
+            "balance": _balance_from_item(views[balance_key(account_id)]) if balance_key(account_id) in views else None,
+            "account": accounts[0] if accounts else None,
+            "watermark": watermark["until"]["S"] if watermark else None,
+            "holds": None if event_id is None else bool(seen and event_id in seen.get("ids", {}).get("SS", [])),
+        }
+
+    def set_watermark(self, until: str) -> None:
+        """Record that this region holds every other region's writes up to `until` (the replicator does)."""
+        self._client.put_item(TableName=self._tables.balances, Item={"pk": {"S": WATERMARK_KEY}, "until": {"S": until}})
 
     def all_balances(self) -> Iterator[Balance]:
         """Every balance item (a scan: for operators, not for request paths)."""

@@ -97,6 +97,12 @@ class ShipmentQueue:
             rows = self._db.execute("SELECT source, dest, COUNT(*) FROM shipments GROUP BY source, dest").fetchall()
         return {(source, dest): count for source, dest, count in rows}
 
+    def oldest_pending(self) -> dict[tuple[str, str], int]:
+        """The stamp (microseconds) of the oldest write still waiting, per (source, destination)."""
+        with self._lock:
+            rows = self._db.execute("SELECT source, dest, MIN(stamp_time) FROM shipments GROUP BY source, dest").fetchall()
+        return {(source, dest): oldest for source, dest, oldest in rows}
+
     def next_due(self) -> float | None:
         with self._lock:
             row = self._db.execute("SELECT MIN(due_at) FROM shipments").fetchone()

@@ -113,6 +113,7 @@ class Replicator:
         self.stats: dict[tuple[str, str], DirectionStats] = {}
         self._pollers: dict[tuple[str, str], StreamPoller] = {}
         self._poller_config = poller_config
+        self._captured_at = 0.0  # when every stream was last read to its end
 
     # -- control ------------------------------------------------------------------------
 
@@ -177,9 +178,9 @@ class Replicator:
     def _local_writes(region: str, record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         change = record.get("dynamodb", {})
         if is_ttl_delete(record):
-            return [("delete", change.get("OldImage") or change.get("Keys", {}))]
+            return [("delete", _typed(change.get("OldImage") or change.get("Keys", {})))]
         if record.get("eventName") in ("INSERT", "MODIFY"):
-            image = change.get("NewImage", {})
+            image = _typed(change.get("NewImage", {}))
             stamp = stamp_of(image)
             if stamp is not None and stamp[1] == region:  # written here: ours to ship; else replicated here
                 return [("put", image)]
@@ -214,11 +215,11 @@ class Replicator:
                 )  # fmt: skip
             elif shipment.table == "events":  # immutable: the first copy to arrive is the only one
                 region.client.put_item(
-                    TableName=table, Item=shipment.image, ConditionExpression="attribute_not_exists(event_id)"
+                    TableName=table, Item=_typed(shipment.image), ConditionExpression="attribute_not_exists(event_id)"
                 )
             else:
                 region.client.put_item(
-                    TableName=table, Item=shipment.image, ConditionExpression=_LWW,
+                    TableName=table, Item=_typed(shipment.image), ConditionExpression=_LWW,
                     ExpressionAttributeNames=_NAMES, ExpressionAttributeValues=values,
                 )  # fmt: skip
         except ClientError as exc:
@@ -236,6 +237,21 @@ class Replicator:
     def drained(self) -> bool:
         """Nothing left to capture or to deliver, partitions included."""
         return not self.queue.pending() and self.captured_everything()
+
+    def watermarks(self, now: float, captured: bool) -> dict[str, float]:
+        """Per region: the instant up to which it holds every other region's writes.
+
+        The oldest write still queued for it bounds it; with nothing queued, the time
+        the streams were last read to their end (`captured`), else the last watermark.
+        """
+        oldest = self.queue.oldest_pending()
+        if captured:
+            self._captured_at = now
+        marks = {}
+        for dest in self.regions:
+            waiting = [stamp / 1_000_000 for (source, d), stamp in oldest.items() if d == dest]
+            marks[dest] = min([*waiting, self._captured_at]) if waiting else self._captured_at
+        return marks
 
     def status(self, now: float | None = None) -> dict[str, Any]:
         now = self._clock() if now is None else now
@@ -258,6 +274,21 @@ class Replicator:
                     },
                 }
         return {"at": now, "lag": {"fixed_ms": self.lag.fixed_ms, "jitter_ms": self.lag.jitter_ms}, "directions": directions}
+
+
+def _typed(image: dict[str, Any]) -> dict[str, Any]:
+    """The image with every value typed: DynamoDB Local writes an empty map in stream images as a bare `{}`."""
+    return {name: _typed_value(value) for name, value in image.items()}
+
+
+def _typed_value(value: Any) -> Any:
+    if value == {}:
+        return {"M": {}}
+    if isinstance(value, dict) and "M" in value:
+        return {"M": _typed(value["M"])}
+    if isinstance(value, dict) and "L" in value:
+        return {"L": [_typed_value(item) for item in value["L"]]}
+    return value
 
 
 def _ms(seconds: float) -> float:

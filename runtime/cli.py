@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"API port (default {DEFAULT_PORT})")
     serve.add_argument(
+        "--regions",
+        type=_region_list,
+        help="run several regions, comma-separated (e.g. us-east-1,eu-west-1): one DynamoDB, API and projector "
+        "each, on ports --port, --port+1, ..., linked by a replicator that behaves like Global Tables",
+    )
+    serve.add_argument("--lag-ms", type=float, default=50.0, help="with --regions: replication lag (default 50)")
+    serve.add_argument("--jitter-ms", type=float, default=50.0, help="with --regions: extra random lag, up to (default 50)")
+    serve.add_argument(
         "--allow-exposed-dynamodb",
         action="store_true",
         help="start DynamoDB Local even where it cannot be bound to 127.0.0.1 (a JRE without a compiler): "
@@ -138,6 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--account", action="append", help="only this account (repeatable)")
     rebuild.set_defaults(handler=_rebuild)
 
+    regions = commands.add_parser("regions", help="watch and steer the replication of `ledger serve --regions`")
+    region_commands = regions.add_subparsers(dest="regions_command", required=True)
+    region_status = region_commands.add_parser("status", help="per direction: queue, lag, partition; per region: projection")
+    region_status.add_argument("--json", action="store_true", help="the status as JSON")
+    cut = region_commands.add_parser("partition", help="stop replication in one direction (or both with --between)")
+    cut.add_argument("--from", dest="source", help="the region whose writes stop arriving")
+    cut.add_argument("--to", dest="dest", help="the region they stop arriving in")
+    cut.add_argument("--between", nargs=2, metavar=("A", "B"), help="both directions between A and B")
+    mend = region_commands.add_parser("heal", help="let replication flow again (everywhere, or --between A B)")
+    mend.add_argument("--between", nargs=2, metavar=("A", "B"))
+    delay = region_commands.add_parser("lag", help="set the replication lag")
+    delay.add_argument("--ms", type=float, required=True, help="fixed lag in milliseconds")
+    delay.add_argument("--jitter-ms", type=float, default=0.0, help="extra random lag, up to this many milliseconds")
+    same = region_commands.add_parser("compare", help="wait for replication to drain, then compare every region")
+    same.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the drain (default 60)")
+    for command, handler in ((region_status, "status"), (cut, "partition"), (mend, "heal"), (delay, "lag"), (same, "compare")):
+        _data_dir_option(command)
+        command.set_defaults(handler=_regions(handler))
+
     export = commands.add_parser("export", help="stream events to a file (resumable), with a manifest")
     _endpoint_options(export)
     export.add_argument("--account", action="append", help="only this account (repeatable; default: every account)")
@@ -159,6 +186,29 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--account", action="append", help="only this account (repeatable)")
     check.set_defaults(handler=_audit_verify)
     return parser
+
+
+def _region_list(text: str) -> list[str]:
+    from ledger.commands import RegionName  # noqa: F401 - the same rule as an account's home_region
+    import re
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    bad = [name for name in names if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}", name)]
+    if len(names) < 2 or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: two or more distinct region names such as us-east-1,eu-west-1")
+    return names
+
+
+def _regions(name: str):
+    def run(args: argparse.Namespace) -> int:
+        from . import regions_commands
+
+        try:
+            return getattr(regions_commands, name)(args)
+        except regions_commands.RegionsError as exc:
+            raise CommandError(str(exc)) from exc
+
+    return run
 
 
 def _rfc3339(text: str):
@@ -301,6 +351,23 @@ def _create_tables(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.regions:
+        from replication.replicator import Lag
+
+        from .regions import serve_regions
+
+        if args.endpoint_url or args.aws:
+            raise CommandError("--regions runs an embedded DynamoDB per region; it takes no --endpoint-url or --aws")
+        return serve_regions(
+            settings_from(args),
+            args.regions,
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            projector=args.projector,
+            lag=Lag(args.lag_ms, args.jitter_ms),
+            allow_exposed_dynamodb=args.allow_exposed_dynamodb,
+        )
     from .serve import serve
 
     return serve(

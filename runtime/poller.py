@@ -209,6 +209,7 @@ class StreamPoller:
         self._refresh_failures = 0
         self._stop: threading.Event | None = None
         self.stats: dict[str, int] = {"delivered": 0, "retried": 0, "dead_lettered": 0, "batches": 0}
+        self.last_delivered_at = 0.0  # when the newest record delivered was written (epoch seconds)
 
     # -- public API ---------------------------------------------------------
 
@@ -310,6 +311,10 @@ class StreamPoller:
     def _parent_done(self, shard: _Shard) -> bool:
         parent = self._shards.get(shard.parent_id) if shard.parent_id else None
         return parent is None or parent.finished
+
+    def caught_up(self) -> bool:
+        """Every shard read to its end at the last pass (nothing waits to be delivered)."""
+        return self._drained()
 
     def _drained(self) -> bool:
         if not self._listing_ok:
@@ -443,6 +448,7 @@ class StreamPoller:
                 shard.attempts.clear()
                 shard.errors.clear()
                 self.stats["delivered"] += len(records)
+                self.last_delivered_at = float(records[-1]["dynamodb"].get("ApproximateCreationDateTime") or 0)
                 if closed:
                     self._finish(shard)
                 else:

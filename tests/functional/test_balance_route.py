@@ -10,7 +10,7 @@ from api_client import Api
 from stream_support import Stage, project_everything
 
 FIELDS = {"account_id", "currency", "balance", "credits", "debits", "event_count", "as_of", "consistency"}
-FIELDS |= {f"{name}_str" for name in ("balance", "credits", "debits")}
+FIELDS |= {f"{name}_str" for name in ("balance", "credits", "debits")} | {"region", "available", "in_flight", "replication_watermark"}
 
 
 @pytest.fixture
@@ -45,6 +45,10 @@ def test_an_account_with_nothing_projected_yet_reads_zero_with_no_as_of(api: Api
         "balance_str": "0",
         "credits_str": "0",
         "debits_str": "0",
+        "region": "us-east-1",
+        "available": 650,  # the write path's guard has it already; the view is still empty
+        "in_flight": 0,
+        "replication_watermark": None,
     }
 
 
@@ -78,6 +82,10 @@ def test_a_strong_read_sees_a_write_before_any_projection(api: Api):
         "balance_str": "650",
         "credits_str": "900",
         "debits_str": "250",
+        "region": "us-east-1",
+        "available": 650,
+        "in_flight": 0,
+        "replication_watermark": None,
     }
 
 
@@ -134,3 +142,17 @@ def test_a_balance_beyond_two_to_the_53_is_exact_in_json_and_as_a_string(api: Ap
     assert f'"balance":{exact}' in response.body.decode()  # every digit, no float rounding
     assert response.json["balance_str"] == str(exact) == response.json["credits_str"]
     assert response.json["debits_str"] == "0"
+
+
+def test_a_read_your_writes_balance_waits_for_the_event_it_names(projected_api: Api, stage: Stage, moto_dynamodb: Any):
+    projected_api.post("/accounts", {"account_id": "alice", "currency": "EUR"})
+    credit = projected_api.post("/accounts/alice/credits", {"amount": 5, "currency": "EUR"}).json["events"][0]
+
+    early = projected_api.get("/accounts/alice/balance", {"min_as_of": credit["event_id"]})
+    project_everything(stage, moto_dynamodb)
+    later = projected_api.get("/accounts/alice/balance", {"min_as_of": credit["event_id"]})
+
+    assert (early.status, early.code, early.headers["retry-after"]) == (503, "not_yet_replicated", "1")
+    assert later.status == 200 and later.json["balance"] == 5
+    bad = projected_api.get("/accounts/alice/balance", {"min_as_of": "not-an-id"})
+    assert (bad.status, bad.code) == (400, "invalid_query")

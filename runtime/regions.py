@@ -1,0 +1,260 @@
+"""`ledger serve --regions a,b,c`: one complete region per name, linked by a Global Tables-like replicator.
+
+Each region gets what a single-region `serve` has, of its own: a DynamoDB Local
+bound to loopback with its data in `<data dir>/<region>` and its write journal, a
+composition root whose client stamps writes the way Global Tables does
+(`replication.stamps`), the API on its own port (`--port`, `--port`+1, ...), and a
+projector on its own events stream. One replicator (`replication.replicator`)
+links them, its queue and stream checkpoints in `<data dir>/replication`, so a
+restart loses nothing queued. A control loop thread steps it, applies what
+`ledger regions partition|heal|lag` wrote to `control.json` there, and writes
+`status.json` (queues, lags, partitions, projection lag) for `ledger regions status`
+and `compare`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from chalice.config import Config
+
+from api.app import create_app
+from composition.root import Root
+from ledger.ids import format_rfc3339
+from projections.schema import ProjectionTables
+from projections.store import BalanceStore
+from ledger.config import Settings, dynamodb_client, streams_client
+from replication.queue import ShipmentQueue
+from replication.replicator import Lag, Region, Replicator
+from replication.stamps import HybridClock, Stamper
+
+from . import discovery
+from .dynamodb_local import DynamoDBLocal
+from .http_server import create_server
+from .journal import WriteJournal
+from .poller import PollerConfig, StreamPoller, stream_arn_of
+from .tables import ensure_tables
+
+REPLICATION_DIR = "replication"
+CONTROL_FILE = "control.json"
+STATUS_FILE = "status.json"
+JOURNAL_FILE = "write-journal.jsonl"
+_LOCAL_POLLER = PollerConfig(max_attempts=10, backoff_cap_seconds=5.0)
+
+
+@dataclass
+class ServedRegion:
+    name: str
+    root: Root
+    database: DynamoDBLocal
+    journal: WriteJournal
+    api_url: str
+    watermarks: BalanceStore  # over an unjournaled client: a watermark is rewritten every half second, and derived
+    projector: StreamPoller | None = None
+
+
+def read_control(directory: Path) -> dict[str, Any]:
+    try:
+        return json.loads((directory / CONTROL_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(temp, path)
+
+
+def _say(message: str) -> None:
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
+
+
+def serve_regions(
+    settings: Settings,
+    names: list[str],
+    *,
+    host: str,
+    port: int,
+    data_dir: Path,
+    projector: bool = True,
+    lag: Lag = Lag(50.0, 50.0),
+    allow_exposed_dynamodb: bool = False,
+) -> int:
+    """Run every region until Ctrl-C or SIGTERM; every child process stops with us."""
+    data_dir = data_dir.resolve()
+    replication_dir = data_dir / REPLICATION_DIR
+    replication_dir.mkdir(parents=True, exist_ok=True)
+    urls = {name: f"http://{host}:{port + i}" for i, name in enumerate(names)}
+    crashed = threading.Event()
+    with ExitStack() as stack:
+        regions: list[ServedRegion] = []
+        links: list[Region] = []
+        for name in names:
+            served, link = _start_region(stack, settings, name, names, data_dir, urls, allow_exposed_dynamodb, crashed)
+            regions.append(served)
+            links.append(link)
+        replicator = Replicator(
+            links, settings.tables, ShipmentQueue(replication_dir / "queue.sqlite"), replication_dir, lag=lag, log=_say
+        )
+        control = read_control(replication_dir)
+        if "lag" not in control:
+            write_json(replication_dir / CONTROL_FILE, {**control, "lag": {"fixed_ms": lag.fixed_ms, "jitter_ms": lag.jitter_ms}})
+        if projector:
+            for region in regions:
+                region.projector = _start_projector(stack, region, data_dir / region.name)
+        stop = threading.Event()
+        loop = threading.Thread(target=_control_loop, args=(replicator, regions, replication_dir, stop), daemon=True)
+        loop.start()
+        stack.callback(loop.join, 10)
+        stack.callback(stop.set)
+        for i, region in enumerate(regions):
+            server = create_server(create_app(region.root), Config(chalice_stage=settings.stage), host, port + i)
+            thread = threading.Thread(target=server.serve_forever, name=f"api-{region.name}", daemon=True)
+            thread.start()
+            stack.callback(server.server_close)
+            stack.callback(server.shutdown)
+        state = discovery.ServeState(
+            pid=os.getpid(),
+            endpoint_url=regions[0].database.endpoint_url,
+            api_url=regions[0].api_url,
+            stage=settings.stage,
+            region=regions[0].name,
+            journal=str(regions[0].journal.path),
+            dynamodb_pid=regions[0].database.pid,
+            regions={
+                r.name: {"endpoint_url": r.database.endpoint_url, "api_url": r.api_url, "journal": str(r.journal.path),
+                         "dynamodb_pid": str(r.database.pid)}
+                for r in regions
+            },  # fmt: skip
+        )
+        state.write(data_dir)
+        stack.callback(discovery.remove, data_dir)
+        listing = ", ".join(f"{r.name} {r.api_url}" for r in regions)
+        print(
+            f"ledger ready: {len(regions)} regions: {listing} (DynamoDB Local per region, data in {data_dir}, "
+            f"every acknowledged write journaled, replication lag {lag.fixed_ms:g} ms + up to {lag.jitter_ms:g} ms, "
+            f"stage {settings.stage}). Try: .venv/bin/ledger regions status",
+            flush=True,
+        )
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            _say("ledger: stopping")
+    return 1 if crashed.is_set() else 0
+
+
+def _start_region(
+    stack: ExitStack,
+    settings: Settings,
+    name: str,
+    names: list[str],
+    data_dir: Path,
+    urls: dict[str, str],
+    allow_exposed: bool,
+    crashed: threading.Event,
+) -> tuple[ServedRegion, Region]:
+    region_dir = data_dir / name
+    database = stack.enter_context(DynamoDBLocal(data_dir=region_dir, allow_exposed=allow_exposed))
+    local = replace(settings, region=name, regions=tuple(names), endpoint_url=database.endpoint_url)
+    plain = dynamodb_client(local)
+    created = ensure_tables(plain, local)
+    if created:
+        _say(f"{name}: created tables: {', '.join(created)}")
+    journal = WriteJournal(region_dir / JOURNAL_FILE)
+    report = journal.replay(plain)
+    if report.reapplied:
+        _say(f"{name}: recovered {report.reapplied} acknowledged write(s) that DynamoDB Local had lost in a crash")
+    journal.attach(plain)  # the replicator's writes: what it applied must survive a crash too
+    clock = HybridClock()
+    stamped = Stamper(name, local.tables.replicated, clock).attach(dynamodb_client(local))
+    journal.attach(stamped)  # after the stamper: the journal keeps the stamped request
+    root = Root(local, client=stamped, region_urls=urls)
+    _watch(database, name, crashed)
+    watermarks = BalanceStore(dynamodb_client(local), ProjectionTables.for_stage(local.stage))
+    served = ServedRegion(name, root, database, journal, urls[name], watermarks)
+    return served, Region(name, plain, streams_client(local), clock)
+
+
+def _watch(database: DynamoDBLocal, name: str, crashed: threading.Event) -> None:
+    def watch() -> None:
+        while not crashed.wait(0.5):
+            status = database.exited()
+            if status is not None and database.pid is not None:
+                _say(f"ledger: DynamoDB Local of {name} exited unexpectedly (status {status}); stopping. Start again: "
+                     "every acknowledged write is replayed from the journals")  # fmt: skip
+                crashed.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name=f"dynamodb-local-watch-{name}", daemon=True).start()
+
+
+def _start_projector(stack: ExitStack, region: ServedRegion, directory: Path) -> StreamPoller:
+    settings = region.root.settings
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    poller = StreamPoller(
+        streams_client(settings),
+        stream_arn_of(region.root.dynamodb, settings.tables.events),
+        region.root.stream_handler,
+        checkpoint_path=directory / f"{settings.stage}-stream-checkpoint.json",
+        dead_letter_path=directory / f"{settings.stage}-dead-letters.jsonl",
+        config=_LOCAL_POLLER,
+        log=_say,
+    )
+    thread, stop = poller.start_thread()
+    stack.callback(thread.join, 15)
+    stack.callback(stop.set)
+    return poller
+
+
+def _control_loop(replicator: Replicator, regions: list[ServedRegion], directory: Path, stop: threading.Event) -> None:
+    """Step the replicator; apply the control file; publish the status once a second."""
+    seen_control: dict[str, Any] | None = None
+    next_status = 0.0
+    while not stop.is_set():
+        try:
+            control = read_control(directory)
+            if control != seen_control:
+                seen_control = control
+                replicator.partitions = {tuple(pair) for pair in control.get("partitions", [])}  # type: ignore[misc]
+                lag = control.get("lag") or {}
+                replicator.lag = Lag(float(lag.get("fixed_ms", replicator.lag.fixed_ms)), float(lag.get("jitter_ms", replicator.lag.jitter_ms)))
+            moved = replicator.step()
+            now = time.time()
+            if now >= next_status:
+                next_status = now + 0.5
+                write_json(directory / STATUS_FILE, _status(replicator, regions, now))
+        except Exception as exc:  # noqa: BLE001 - the loop must survive a region's hiccup
+            _say(f"replicator: {type(exc).__name__}: {exc}; retrying")
+            moved = 0
+        stop.wait(0.0 if moved else 0.05)
+
+
+def _status(replicator: Replicator, regions: list[ServedRegion], now: float) -> dict[str, Any]:
+    status = replicator.status(now)
+    status["drained"] = replicator.drained()
+    marks = replicator.watermarks(now, captured=replicator.captured_everything())
+    for region in regions:  # what each region's balance reads say about their freshness
+        if marks[region.name]:
+            region.watermarks.set_watermark(format_rfc3339(datetime.fromtimestamp(marks[region.name], timezone.utc)))
+    status["watermarks"] = {name: mark for name, mark in marks.items()}
+    projections = {}
+    for region in regions:
+        poller = region.projector
+        caught_up = poller is None or poller.caught_up()
+        behind = 0.0 if caught_up or not poller.last_delivered_at else max(0.0, now - poller.last_delivered_at)
+        projections[region.name] = {"caught_up": caught_up, "lag_ms": round(behind * 1000, 1)}
+    status["projections"] = projections
+    return status
