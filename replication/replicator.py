@@ -13,8 +13,9 @@ What it does, and why each part matches Global Tables (multi-region eventual con
   the stamp it carries, so an older version never replaces a newer one and every
   region ends with the same item whatever the order of arrival; ties go to the
   greater region name. Events are immutable: put if absent.
-- **Per-item order, configurable lag**: shipments of one item to one region leave in
-  capture order; each waits a fixed lag plus a random jitter.
+- **Per-item order, configurable lag**: an item never reaches a region as an older
+  version after a newer one (only the newest due version leaves; the older ones are
+  dropped); each shipment waits a fixed lag plus a random jitter.
 - **Partitions**: a direction can be cut (`partition`); its shipments wait in the
   durable queue (`replication.queue`) and leave once it heals. Stream checkpoints
   move only after the shipments are queued, so a restart loses nothing.
@@ -98,7 +99,7 @@ class Replicator:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         log: Callable[[str], None] = lambda message: None,
-        poller_config: PollerConfig = PollerConfig(batching_window_seconds=0.0, max_attempts=10**9, shard_refresh_seconds=1.0),
+        poller_config: PollerConfig = PollerConfig(batching_window_seconds=0.05, max_attempts=10**9, shard_refresh_seconds=1.0),
     ) -> None:
         self.regions = {region.name: region for region in regions}
         self._tables = {"events": tables.events, "accounts": tables.accounts, "idempotency": tables.idempotency}
@@ -195,12 +196,16 @@ class Replicator:
         self._rng.shuffle(ready)
         if limit is not None:
             ready = ready[:limit]
-        for shipment in ready:
-            self._apply(shipment)
-            self.queue.done(shipment.id)
-            stats = self.stats.setdefault((shipment.source, shipment.dest), DirectionStats())
-            stats.delivered += 1
-            stats.lags.append(max(0.0, now - shipment.stamp_time / 1_000_000))
+        applied: list[Shipment] = []
+        try:
+            for shipment in ready:
+                self._apply(shipment)
+                applied.append(shipment)
+                stats = self.stats.setdefault((shipment.source, shipment.dest), DirectionStats())
+                stats.delivered += 1
+                stats.lags.append(max(0.0, self._clock() - shipment.stamp_time / 1_000_000))
+        finally:
+            self.queue.done(applied)  # one commit for the round; a crash before it re-applies, harmlessly
         return len(ready)
 
     def _apply(self, shipment: Shipment) -> None:
@@ -236,17 +241,18 @@ class Replicator:
 
     def drained(self) -> bool:
         """Nothing left to capture or to deliver, partitions included."""
-        return not self.queue.pending() and self.captured_everything()
+        captured = self.captured_everything()
+        if captured:
+            self._captured_at = self._clock()
+        return captured and not self.queue.pending()
 
-    def watermarks(self, now: float, captured: bool) -> dict[str, float]:
+    def watermarks(self) -> dict[str, float]:
         """Per region: the instant up to which it holds every other region's writes.
 
-        The oldest write still queued for it bounds it; with nothing queued, the time
-        the streams were last read to their end (`captured`), else the last watermark.
+        The oldest write still queued for it bounds it; with nothing queued, the last
+        time every stream was seen read to its end (`drained`).
         """
         oldest = self.queue.oldest_pending()
-        if captured:
-            self._captured_at = now
         marks = {}
         for dest in self.regions:
             waiting = [stamp / 1_000_000 for (source, d), stamp in oldest.items() if d == dest]

@@ -245,7 +245,7 @@ def _control_loop(replicator: Replicator, regions: list[ServedRegion], directory
 def _status(replicator: Replicator, regions: list[ServedRegion], now: float) -> dict[str, Any]:
     status = replicator.status(now)
     status["drained"] = replicator.drained()
-    marks = replicator.watermarks(now, captured=replicator.captured_everything())
+    marks = replicator.watermarks()
     for region in regions:  # what each region's balance reads say about their freshness
         if marks[region.name]:
             region.watermarks.set_watermark(format_rfc3339(datetime.fromtimestamp(marks[region.name], timezone.utc)))

@@ -17,6 +17,7 @@ from typing import Any
 from runtime.dynamodb_local import pick_free_port
 
 READY = re.compile(r"ledger ready: API (http://\S+) \(DynamoDB Local at (http://[\d.]+:(\d+))")
+READY_REGIONS = re.compile(r"ledger ready: \d+ regions: (.*?) \(DynamoDB Local per region")
 
 
 def ledger_command() -> list[str]:
@@ -31,11 +32,12 @@ class Served:
     on a full pipe.
     """
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *options: str) -> None:
         self.data_dir = data_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+        port = _free_run_of_ports(4)
         self.process = subprocess.Popen(
-            [*ledger_command(), "serve", "--port", str(pick_free_port()), "--data-dir", str(data_dir)],
+            [*ledger_command(), "serve", "--port", str(port), "--data-dir", str(data_dir), *options],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -48,6 +50,10 @@ class Served:
             if match := READY.search(line):
                 self.api, self.dynamodb_endpoint, self.dynamodb_port = match.group(1), match.group(2), int(match.group(3))
                 break
+            if match := READY_REGIONS.search(line):  # "us-east-1 http://...:8000, eu-west-1 http://...:8001"
+                self.apis = dict(part.split(" ") for part in match.group(1).split(", "))
+                self.api = next(iter(self.apis.values()))
+                break
         else:
             raise AssertionError("ledger serve stopped before it was ready:\n" + "".join(self.output))
         self._reader = threading.Thread(target=self._read_rest, daemon=True)
@@ -57,13 +63,13 @@ class Served:
         for line in self.process.stdout:  # type: ignore[union-attr]
             self.output.append(line)
 
-    def get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.api + path, timeout=10) as response:
+    def get(self, path: str, api: str | None = None) -> dict:
+        with urllib.request.urlopen((api or self.api) + path, timeout=10) as response:
             return json.load(response)
 
-    def post(self, path: str, body: dict[str, Any], key: str) -> tuple[int, dict]:
+    def post(self, path: str, body: dict[str, Any], key: str, api: str | None = None) -> tuple[int, dict]:
         request = urllib.request.Request(
-            self.api + path,
+            (api or self.api) + path,
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json", "Idempotency-Key": key},
             method="POST",
@@ -81,7 +87,7 @@ class Served:
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
         """Stop it as Ctrl-C would; if it does not stop in time, kill it (and its DynamoDB Local) and fail."""
-        java = self._java_pid()
+        java = self._java_pids()
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
@@ -89,18 +95,33 @@ class Served:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            _kill(java)
+            for pid in java:
+                _kill(pid)
             raise AssertionError(f"ledger serve ignored signal {sig} for {timeout} s and was killed:\n" + "".join(self.output))
         finally:
             self._reader.join(timeout=5)
-        _kill(java)  # it dies with its parent; this is only the belt to those braces
+        for pid in java:
+            _kill(pid)  # it dies with its parent; this is only the belt to those braces
         return code
 
-    def _java_pid(self) -> int | None:
+    def _java_pids(self) -> list[int]:
         try:
-            return self.state.get("dynamodb_pid")
+            state = self.state
         except (OSError, ValueError):
-            return None
+            return []
+        regions = state.get("regions") or {}
+        return [int(r["dynamodb_pid"]) for r in regions.values()] or ([state["dynamodb_pid"]] if state.get("dynamodb_pid") else [])
+
+
+def _free_run_of_ports(count: int) -> int:
+    """A port with the next `count - 1` free too (serve --regions takes consecutive ports)."""
+    from runtime.dynamodb_local import port_is_free
+
+    for _ in range(50):
+        first = pick_free_port()
+        if all(port_is_free(first + n) for n in range(count)):
+            return first
+    raise AssertionError("no run of free ports")
 
 
 def _kill(pid: int | None) -> None:

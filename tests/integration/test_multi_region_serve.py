@@ -1,0 +1,82 @@
+"""`ledger serve --regions` as a user runs it: two regions on DynamoDB Local, a partition, writes on both sides, heal.
+
+Writes go to both regions (each account debited in its home, transfers between
+homes included) before, during and after a partition of both directions; then
+`ledger regions heal` and `ledger regions compare` (which waits for replication
+and the projectors to drain) must exit 0, and every region's balances must equal
+a model of what was acknowledged, with every credit from the other home available.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+from serving import Served, ledger_command
+
+REGIONS = ("us-east-1", "eu-west-1")
+ACCOUNTS = {"east-a": "us-east-1", "east-b": "us-east-1", "west-a": "eu-west-1", "west-b": "eu-west-1"}
+
+
+def regions(served: Served, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    return subprocess.run(
+        [*ledger_command(), "regions", *args, "--data-dir", str(served.data_dir)],
+        capture_output=True, text=True, timeout=180, env=env,
+    )  # fmt: skip
+
+
+def write_burst(served: Served, model: Counter, rng: random.Random, tag: str, count: int) -> None:
+    for n in range(count):
+        source, target = rng.sample(sorted(ACCOUNTS), 2)
+        amount = rng.randint(1, 50)
+        home = served.apis[ACCOUNTS[source]]
+        if rng.random() < 0.5:
+            status, body = served.post("/transfers", {"from_account": source, "to_account": target, "amount": amount, "currency": "EUR"}, f"{tag}-{n}", api=home)
+            if status == 201:
+                model[source] -= amount
+                model[target] += amount
+        else:
+            status, body = served.post(f"/accounts/{source}/credits", {"amount": amount, "currency": "EUR"}, f"{tag}-{n}", api=home)
+            if status == 201:
+                model[source] += amount
+        assert status in (201, 422), body  # 422: insufficient funds on a no-overdraft account
+
+
+def test_two_regions_partitioned_and_healed_converge_to_what_was_acknowledged(data_dir: Path) -> None:
+    served = Served(data_dir, "--regions", ",".join(REGIONS), "--lag-ms", "20", "--jitter-ms", "80")
+    try:
+        rng, model = random.Random(5), Counter()
+        for account, home in ACCOUNTS.items():
+            status, body = served.post("/accounts", {"account_id": account, "currency": "EUR"}, f"open-{account}", api=served.apis[home])
+            assert status == 201, body
+            status, body = served.post(f"/accounts/{account}/credits", {"amount": 500, "currency": "EUR"}, f"fund-{account}", api=served.apis[home])
+            assert status == 201, body
+            model[account] += 500
+        assert regions(served, "compare", "--timeout", "60").returncode == 0  # every account known everywhere
+
+        write_burst(served, model, rng, "before", 20)
+        cut = regions(served, "partition", "--between", *REGIONS)
+        assert cut.returncode == 0, cut.stderr
+        write_burst(served, model, rng, "during", 30)
+        stuck = regions(served, "compare", "--timeout", "2")
+        assert stuck.returncode != 0 and "partitioned" in stuck.stderr, stuck.stdout + stuck.stderr
+        assert regions(served, "heal").returncode == 0
+        write_burst(served, model, rng, "after", 10)
+
+        compared = regions(served, "compare", "--timeout", "90")
+
+        assert compared.returncode == 0, compared.stdout + compared.stderr
+        assert "2 regions agree" in compared.stdout
+        for region in REGIONS:
+            for account in ACCOUNTS:
+                view = served.get(f"/accounts/{account}/balance", api=served.apis[region])
+                assert view["balance"] == model[account], (region, account, view)
+                assert (view["available"], view["in_flight"]) == (model[account], 0), (region, account, view)
+        status = regions(served, "status")
+        assert status.returncode == 0 and "PARTITIONED" not in status.stdout
+    finally:
+        assert served.stop() == 0, "".join(served.output[-20:])
