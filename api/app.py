@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -65,7 +66,11 @@ def route(path: str, methods: list[str]) -> Callable[[Callable[..., Response]], 
 
 def create_app(root: Root) -> Chalice:
     """The ledger's API over one region's root."""
-    app = Chalice(app_name="dynamo-ledger")
+    # Chalice appends " aws-chalice/<version>" to AWS_EXECUTION_ENV for every app it makes, and
+    # botocore puts that in every request's User-Agent: one app per region or test would grow it
+    # until servers refuse the headers (431). Only the first app of a process marks it.
+    marked = "aws-chalice/" in os.environ.get("AWS_EXECUTION_ENV", "")
+    app = Chalice(app_name="dynamo-ledger", env={} if marked else os.environ)
     app.register_middleware(_problem_details, "http")
     for path, methods, view in _ROUTES:
         app.route(path, methods=methods, name=view.__name__)(_bound(app, root, view))

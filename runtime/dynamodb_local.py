@@ -477,19 +477,20 @@ class DynamoDBLocal:
             aws_secret_access_key="local",
             config=Config(connect_timeout=1, read_timeout=5, retries={"total_max_attempts": 1}),
         )
+        last_error: Exception | None = None
         while True:
             if self._process.poll() is not None:
                 raise self._failure(f"exited with status {self._process.returncode} while starting")
             try:
                 client.list_tables(Limit=1)
-            except (BotoCoreError, ClientError):
-                pass
+            except (BotoCoreError, ClientError) as exc:
+                last_error = exc
             else:
                 if self._process.poll() is None:
                     return
                 continue
             if time.monotonic() >= deadline:
-                raise self._failure("did not answer ListTables in time")
+                raise self._failure(f"did not answer ListTables in time (last: {last_error})")
             time.sleep(0.1)
 
     def stop(self) -> None:

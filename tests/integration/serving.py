@@ -32,7 +32,7 @@ class Served:
     on a full pipe.
     """
 
-    def __init__(self, data_dir: Path, *options: str) -> None:
+    def __init__(self, data_dir: Path, *options: str, sigint_ignored: bool = False) -> None:
         self.data_dir = data_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         port = _free_run_of_ports(4)
@@ -43,6 +43,8 @@ class Served:
             text=True,
             env=env,
             cwd=data_dir.parent,
+            # As `cmd &` in a script or nohup leaves it: SIGINT ignored from birth.
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
         )
         self.output: list[str] = []
         for line in self.process.stdout:  # type: ignore[union-attr]

@@ -7,13 +7,14 @@ survives a restart on the same data directory, and stopping leaves no process.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.request
 from pathlib import Path
 
 
 from runtime.dynamodb_local import port_is_free
-from serving import Served
+from serving import Served, ledger_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,3 +61,27 @@ def test_the_ledger_survives_a_restart_and_stopping_leaves_no_process(served: Se
         assert [e["type"] for e in again.get("/accounts/carol/events")["events"]] == ["account.opened"]
     finally:
         assert again.stop() == 0
+
+
+def test_ctrl_c_stops_a_serve_started_with_sigint_ignored(data_dir: Path) -> None:
+    """A script's `ledger serve &` (or nohup) inherits SIGINT as ignored; Ctrl-C must still stop it."""
+    served = Served(data_dir, sigint_ignored=True)
+
+    assert served.stop(timeout=30) == 0
+    assert port_is_free(served.dynamodb_port), "DynamoDB Local outlived ledger serve"
+
+
+def test_operator_commands_find_the_running_serve_through_its_data_dir(served: Served, data_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    served.post("/accounts", {"account_id": "dora", "currency": "EUR"}, "open-dora")
+
+    verified = subprocess.run(
+        [*ledger_command(), "projections", "verify"], capture_output=True, text=True, timeout=120, env=env, cwd=data_dir.parent
+    )  # the default data dir is ./.ledger-data: point it at this one instead
+    pointed = subprocess.run(
+        [*ledger_command(), "projections", "verify", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=120, env=env
+    )
+
+    assert verified.returncode == 2 and "no `ledger serve` has run in .ledger-data" in verified.stderr, verified.stderr
+    assert pointed.returncode == 0, pointed.stdout + pointed.stderr
+    assert "every balance equals the fold of its log" in pointed.stdout

@@ -80,3 +80,33 @@ def test_two_regions_partitioned_and_healed_converge_to_what_was_acknowledged(da
         assert status.returncode == 0 and "PARTITIONED" not in status.stdout
     finally:
         assert served.stop() == 0, "".join(served.output[-20:])
+
+
+def _readme_multi_region_tour() -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = text.split("<!-- multi-region-tour:start -->")[1].split("<!-- multi-region-tour:end -->")[0]
+    return block.split("```bash")[1].split("```")[0]
+
+
+def test_the_readme_multi_region_tour_runs_as_written(data_dir: Path) -> None:
+    served = Served(data_dir, "--regions", "us-east-1,eu-west-1,ap-southeast-1")
+    try:
+        script = _readme_multi_region_tour()
+        for name, default in (("US", 8000), ("EU", 8001), ("AP", 8002)):
+            region = {"US": "us-east-1", "EU": "eu-west-1", "AP": "ap-southeast-1"}[name]
+            script = script.replace(f"{name}=http://127.0.0.1:{default}", f"{name}={served.apis[region]}")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+        env["LEDGER_DATA_DIR"] = str(data_dir)
+
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=300, env=env,
+            cwd=Path(__file__).resolve().parents[2],
+        )  # fmt: skip
+
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert '"code":"wrong_region"' in result.stdout and '"home_url"' in result.stdout
+        assert "3 regions agree" in result.stdout
+        ben = served.get("/accounts/ben/balance", api=served.apis["eu-west-1"])
+        assert (ben["balance"], ben["available"], ben["in_flight"]) == (380, 380, 0)
+    finally:
+        assert served.stop() == 0, "".join(served.output[-20:])
