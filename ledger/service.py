@@ -102,10 +102,12 @@ class Minter:
     known to hold.
     """
 
-    def __init__(self, epochs: dict[str, int] | None = None) -> None:
+    def __init__(self, epochs: dict[str, int] | None = None, remote: dict[str, int] | None = None) -> None:
         self._floors: dict[str, str] = {}
         self.epochs: dict[str, int] = epochs if epochs is not None else {}
-        self.remote: dict[str, int] = {}  # accounts homed elsewhere -> their epoch, as last seen
+        # Accounts homed elsewhere -> their epoch, as last seen. Kept across requests: a guess gone
+        # stale (the home moved here) fails the remote check, and the redraft writes it as home.
+        self.remote: dict[str, int] = remote if remote is not None else {}
 
     def __call__(self, account_id: str) -> str:
         return new_ulid_after(self._floors.get(account_id))
@@ -118,6 +120,7 @@ class Minter:
         elif isinstance(refusal, HomedElsewhere):
             self.remote[account] = refusal.epoch
         else:
+            self.remote.pop(account, None)  # homed here now, whatever was last seen
             self.epochs[account] = refusal.epoch
 
 
@@ -164,6 +167,7 @@ class Ledger:
         self._cursors = cursors or CursorCodec(development_key("dev"))
         self._regions = regions or (region,)
         self._epochs: dict[str, int] = {}  # accounts' write epochs as last seen; learned from refusals
+        self._remote: dict[str, int] = {}  # credit legs' accounts homed in other regions, as last seen
 
     # -- writes -----------------------------------------------------------------
 
@@ -330,10 +334,10 @@ class Ledger:
         guards: list[BalanceGuard] = []
         for leg in legs:
             account = leg.entity_id
-            remote = account in mint.remote
+            remote_ok = len(legs) > 1 and leg.signed_amount > 0
+            remote = remote_ok and account in mint.remote  # a debit runs at home, whatever was learned
             epoch = mint.remote[account] if remote else mint.epochs.get(account, 1)
             events.append(leg.model_copy(update={"write_epoch": epoch, "available_pending": True if remote else None}))
-            remote_ok = len(legs) > 1 and leg.signed_amount > 0
             guards.append(BalanceGuard(account, leg.currency, leg.signed_amount, leg.event_id, epoch, remote, remote_ok))
         body = _json(
             {"transaction_id": transaction_id, "type": kind, **(body_extra or {}), "events": [_event_json(e) for e in events]}
@@ -352,7 +356,7 @@ class Ledger:
         Throttling and 5xx were retried by botocore already and end the request.
         """
         started = self._monotonic()
-        mint = Minter(self._epochs)
+        mint = Minter(self._epochs, self._remote)
         now = self._clock()
         commit, record = self._sealed(draft(mint), record_id, fp, now)
         contention: Contention | None = None

@@ -360,9 +360,17 @@ class EventStore:
                 "ConditionCheck": {
                     "TableName": self._tables.accounts,
                     "Key": {"account_id": {"S": guard.account_id}},
-                    "ConditionExpression": "attribute_exists(account_id) AND #status = :open AND currency = :currency",
+                    # Still homed elsewhere: a home that moved here must be written, in commit order.
+                    "ConditionExpression": (
+                        "attribute_exists(account_id) AND #status = :open AND currency = :currency"
+                        " AND home_region <> :region"
+                    ),
                     "ExpressionAttributeNames": {"#status": "status"},
-                    "ExpressionAttributeValues": {":open": {"S": "open"}, ":currency": {"S": guard.currency}},
+                    "ExpressionAttributeValues": {
+                        ":open": {"S": "open"},
+                        ":currency": {"S": guard.currency},
+                        ":region": {"S": self._region},
+                    },
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             }
@@ -411,6 +419,8 @@ class EventStore:
                 account_currency=account.currency,
             )
         if guard.remote:
+            if account.home_region == self._region:
+                return StaleEpoch(name, account.write_epoch)  # its home moved here: write it as home
             return Contention(on_idempotency_record=False)  # it was open in its currency: it moved since
         if account.home_region != self._region:
             if guard.remote_ok:

@@ -142,13 +142,13 @@ def serve_regions(
         state.write(data_dir)
         stack.callback(discovery.remove, data_dir)
         listing = ", ".join(f"{r.name} {r.api_url}" for r in regions)
-        print(
-            f"ledger ready: {len(regions)} regions: {listing} (DynamoDB Local per region, data in {data_dir}, "
-            f"every acknowledged write journaled, replication lag {lag.fixed_ms:g} ms + up to {lag.jitter_ms:g} ms, "
-            f"stage {settings.stage}). Try: .venv/bin/ledger regions status",
-            flush=True,
-        )
-        try:
+        try:  # the ready line inside: a Ctrl-C the moment it is read is a clean stop too
+            print(
+                f"ledger ready: {len(regions)} regions: {listing} (DynamoDB Local per region, data in {data_dir}, "
+                f"every acknowledged write journaled, replication lag {lag.fixed_ms:g} ms + up to {lag.jitter_ms:g} ms, "
+                f"stage {settings.stage}). Try: .venv/bin/ledger regions status",
+                flush=True,
+            )
             threading.Event().wait()
         except KeyboardInterrupt:
             _say("ledger: stopping")

@@ -183,12 +183,12 @@ def serve(
         data_dir.mkdir(parents=True, exist_ok=True)
         state.write(data_dir)
         stack.callback(discovery.remove, data_dir)
-        print(
-            f"ledger ready: API {base} ({where}, stage {settings.stage}, region {settings.region}). "
-            f"Try: curl -s {base}/openapi.json | head -c 300",
-            flush=True,
-        )
-        try:
+        try:  # the ready line inside: a Ctrl-C the moment it is read is a clean stop too
+            print(
+                f"ledger ready: API {base} ({where}, stage {settings.stage}, region {settings.region}). "
+                f"Try: curl -s {base}/openapi.json | head -c 300",
+                flush=True,
+            )
             server.serve_forever()
         except KeyboardInterrupt:
             _say("ledger: stopping")
