@@ -23,7 +23,7 @@ from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest
 from ledger.service import MAX_IDEMPOTENCY_KEY, MAX_PAGE
 
 from . import schemas
-from .problems import STATUS_BY_ERROR
+from .problems import RETRY_AFTER_SECONDS, STATUS_BY_ERROR
 
 # Codes the HTTP layers answer themselves (Chalice, the local server) rather than a LedgerError.
 TRANSPORT_PROBLEMS: dict[str, int] = {
@@ -51,11 +51,11 @@ _MODELS: list[type[BaseModel]] = [
 _WRITE_CODES = [
     "malformed_request", "idempotency_key_missing", "idempotency_key_invalid", "payload_too_large",
     "unsupported_media_type", "validation_error", "idempotency_key_reused", "idempotency_in_flight",
-    "store_unavailable",
+    "store_unavailable", "region_fenced",
 ]  # fmt: skip
 _MOVE_CODES = [
     *_WRITE_CODES, "invalid_identifier", "account_not_found", "account_not_open", "currency_mismatch",
-    "wrong_region", "duplicate_event",
+    "wrong_region", "account_moving", "duplicate_event",
 ]  # fmt: skip
 _READ_CODES = ["invalid_identifier", "invalid_query", "store_unavailable"]
 
@@ -119,7 +119,7 @@ def _problems(codes: Iterable[str]) -> dict[str, Any]:
             "content": {"application/problem+json": {"schema": _ref(schemas.Problem)}},
             "x-problem-codes": codes_here,
         }
-        if any(code in ("store_unavailable", "idempotency_in_flight", "server_busy", "not_yet_replicated") for code in codes_here):
+        if any(code in RETRY_AFTER_SECONDS or code == "server_busy" for code in codes_here):
             response["headers"] = {"Retry-After": _header("seconds to wait before retrying the same request", {"type": "integer"})}
         responses[str(status)] = response
     return responses

@@ -41,10 +41,18 @@ STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
     errors.NotReversible: 422,
     errors.StoreUnavailable: 503,
     errors.NotYetReplicated: 503,
+    errors.AccountMoving: 503,
+    errors.RegionFenced: 503,
 }
 
 # Refusals that a retry of the very same request can turn into a success, and when to retry.
-RETRY_AFTER_SECONDS = {"idempotency_in_flight": "1", "store_unavailable": "1", "not_yet_replicated": "1"}
+RETRY_AFTER_SECONDS = {
+    "idempotency_in_flight": "1",
+    "store_unavailable": "1",
+    "not_yet_replicated": "1",
+    "account_moving": "1",
+    "region_fenced": "5",
+}
 
 
 def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> str:

@@ -27,7 +27,10 @@ class Account(BaseModel):
     # The newest event committed on this account in its home region. Every guarded write
     # checks that its event id is greater and sets it, so id order is commit order.
     last_event_id: str | None = None
+    # Set while a fail-over moves the home here from this region: the new home takes no
+    # guarded write until it holds the old home's log and has recomputed `available` from it.
+    moving_from: str | None = None
 
     def public(self) -> dict:
         """The account as the API shows it."""
-        return self.model_dump(exclude={"available", "last_event_id"})
+        return self.model_dump(exclude={"available", "last_event_id", "moving_from"})

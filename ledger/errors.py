@@ -140,6 +140,20 @@ class WrongRegion(LedgerError):
     title = "The account is written in another region"
 
 
+class AccountMoving(LedgerError):
+    """The account's home is moving here (a fail-over); it takes writes once the move is complete."""
+
+    code = "account_moving"
+    title = "The account's home is moving to this region; retry shortly"
+
+
+class RegionFenced(LedgerError):
+    """This region has not heard from any peer for its lease time, so it takes no guarded writes."""
+
+    code = "region_fenced"
+    title = "This region is cut off from its peers and takes no writes; retry, or write in another region"
+
+
 class TransactionNotFound(LedgerError):
     """No event carries this transaction id."""
 

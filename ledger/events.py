@@ -17,7 +17,7 @@ from .money import MAX_AMOUNT, MIN_AMOUNT
 SCHEMA_VERSION = 1
 
 Amount = Annotated[int, Field(strict=True, ge=MIN_AMOUNT, le=MAX_AMOUNT)]
-TransactionType = Literal["open", "credit", "debit", "transfer", "reversal"]
+TransactionType = Literal["open", "credit", "debit", "transfer", "reversal", "move"]
 
 
 class _Event(BaseModel):
@@ -31,6 +31,8 @@ class _Event(BaseModel):
     recorded_at: str
     region: str
     idempotency_key: str
+    # Who recorded it: Idempotency-Keys are scoped per caller (absent on events from before callers).
+    caller: str | None = None
     schema_version: int = SCHEMA_VERSION
     description: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -77,7 +79,20 @@ class Debited(_Event):
         return -self.amount
 
 
-Event = Annotated[Union[AccountOpened, Credited, Debited], Field(discriminator="type")]
+class HomeMoved(_Event):
+    """The account's home moved to this event's region under a new write epoch (a fail-over).
+
+    Recorded by the new home when it opens the account, in the same transaction; from
+    then on only it takes the account's guarded writes. `forced`: the old home could not
+    be reached, so its last writes may arrive after this event.
+    """
+
+    type: Literal["account.home_moved"] = "account.home_moved"
+    from_region: str
+    forced: bool = False
+
+
+Event = Annotated[Union[AccountOpened, Credited, Debited, HomeMoved], Field(discriminator="type")]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 

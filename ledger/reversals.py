@@ -24,12 +24,11 @@ LEGS_BY_KIND = {"credit": 1, "debit": 1, "transfer": 2}
 
 
 def check_reversible(transaction_id: str, legs: Sequence[Event]) -> None:
-    """Refuse an account opening or a reversal: neither is undone by a reversal."""
+    """Refuse an account opening, a move or a reversal: none is undone by a reversal."""
     kind = legs[0].transaction_type
-    if kind == "open":
-        raise errors.NotReversible(
-            f"transaction {transaction_id} is an account opening", transaction_id=transaction_id
-        )
+    if kind in ("open", "move"):
+        what = "an account opening" if kind == "open" else "a move of an account's home"
+        raise errors.NotReversible(f"transaction {transaction_id} is {what}", transaction_id=transaction_id)
     if kind == "reversal":
         raise errors.NotReversible(
             f"transaction {transaction_id} is a reversal (record a new transaction instead)",
@@ -56,6 +55,7 @@ def reversal_legs(
     new_event_id: Callable[[str], str],
     region: str,
     idempotency_key: str,
+    caller: str | None,
     description: str | None,
     metadata: dict[str, str],
 ) -> tuple[Credited | Debited, ...]:
@@ -79,6 +79,7 @@ def reversal_legs(
                 recorded_at=format_rfc3339(ulid_time(event_id)),
                 region=region,
                 idempotency_key=idempotency_key,
+                caller=caller,
                 description=description or f"reversal of {transaction_id}",
                 metadata=metadata,
                 reverses=transaction_id,

@@ -200,6 +200,7 @@ class Ledger:
                 recorded_at=opened_at,
                 region=self._region,
                 idempotency_key=caller.idempotency_key or "",
+                caller=caller.scope,
                 metadata=request.metadata,
                 write_epoch=1,
             )
@@ -277,6 +278,7 @@ class Ledger:
                 new_event_id=mint,
                 region=self._region,
                 idempotency_key=caller.idempotency_key or "",
+                caller=caller.scope,
                 description=request.description,
                 metadata=request.metadata,
             )
@@ -310,6 +312,7 @@ class Ledger:
             "recorded_at": format_rfc3339(ulid_time(event_id)),
             "region": self._region,
             "idempotency_key": caller.idempotency_key or "",
+            "caller": caller.scope,
             "description": request.description,
             "metadata": request.metadata,
         }

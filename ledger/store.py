@@ -16,7 +16,7 @@ account refused costs no second read.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -376,7 +376,8 @@ class EventStore:
             }
         condition = (
             "attribute_exists(account_id) AND #status = :open AND currency = :currency AND home_region = :region"
-            " AND write_epoch = :epoch AND (attribute_not_exists(last_event_id) OR last_event_id < :event)"
+            " AND write_epoch = :epoch AND attribute_not_exists(moving_from)"
+            " AND (attribute_not_exists(last_event_id) OR last_event_id < :event)"
         )
         values: dict[str, Any] = {
             ":delta": {"N": str(guard.delta)},
@@ -432,6 +433,12 @@ class EventStore:
             )
         if account.write_epoch != guard.epoch:
             return StaleEpoch(name, account.write_epoch)
+        if account.moving_from is not None:
+            return errors.AccountMoving(
+                f"account {name!r} is moving here from {account.moving_from}; it takes writes once the move is done",
+                account_id=name,
+                home_region=account.home_region,
+            )
         if guard.delta < 0 and not account.allow_overdraft and account.available < -guard.delta:
             return errors.InsufficientFunds(
                 f"account {name!r} does not allow overdraft and holds too little for {-guard.delta}",
@@ -496,6 +503,84 @@ class EventStore:
         )
         item = response.get("Item")
         return account_from_item(item) if item else None
+
+    def accounts(self) -> Iterator[Account]:
+        """Every account item of this replica (a scan: operators' commands, never a request path)."""
+        request: dict[str, Any] = {"TableName": self._tables.accounts, "ConsistentRead": True}
+        while True:
+            page = self._client.scan(**request)
+            for item in page.get("Items", []):
+                yield account_from_item(item)
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def rewrite_account(
+        self,
+        account_id: str,
+        *,
+        expect: dict[str, Any],
+        changes: dict[str, Any],
+        events: Sequence[Event] = (),
+        also: Sequence[dict[str, Any]] = (),
+    ) -> bool:
+        """Set attributes of an account item (None removes one) if it still holds `expect`; False if not.
+
+        For the operators' moves and repairs of homes, not for money: `expect` names the
+        attributes the decision was read from (None: absent), so a write that slipped in
+        between refuses the rewrite. `events` are appended in the same transaction (the
+        record of a move); `also` are condition checks on other tables that must hold in it.
+        """
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        conditions = ["attribute_exists(account_id)"]
+        for n, (attribute, value) in enumerate(expect.items()):
+            names[f"#e{n}"] = attribute
+            if value is None:
+                conditions.append(f"attribute_not_exists(#e{n})")
+            else:
+                values[f":e{n}"] = _SERIALIZER.serialize(value)
+                conditions.append(f"#e{n} = :e{n}")
+        sets, removes = [], []
+        for n, (attribute, value) in enumerate(changes.items()):
+            names[f"#c{n}"] = attribute
+            if value is None:
+                removes.append(f"#c{n}")
+            else:
+                values[f":c{n}"] = _SERIALIZER.serialize(value)
+                sets.append(f"#c{n} = :c{n}")
+        expression = (f"SET {', '.join(sets)} " if sets else "") + (f"REMOVE {', '.join(removes)}" if removes else "")
+        update = {
+            "TableName": self._tables.accounts,
+            "Key": {"account_id": {"S": account_id}},
+            "UpdateExpression": expression.strip(),
+            "ConditionExpression": " AND ".join(conditions),
+            "ExpressionAttributeNames": names,
+            **({"ExpressionAttributeValues": values} if values else {}),
+        }
+        try:
+            puts = [
+                {"Put": {"TableName": self._tables.events, "Item": event_item(e), "ConditionExpression": "attribute_not_exists(event_id)"}}
+                for e in events
+            ]
+            self._client.transact_write_items(TransactItems=[{"Update": update}, *puts, *also])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "TransactionCanceledException":
+                return False
+            raise
+        return True
+
+    def records_present(self, record_ids: Sequence[str]) -> set[str]:
+        """Which of these idempotency records this replica holds (strongly consistent)."""
+        present: set[str] = set()
+        for start in range(0, len(record_ids), 100):
+            keys = [{"idempotency_id": {"S": i}} for i in dict.fromkeys(record_ids[start : start + 100])]
+            request = {self._tables.idempotency: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "idempotency_id"}}
+            while request:
+                page = self._client.batch_get_item(RequestItems=request)
+                present.update(i["idempotency_id"]["S"] for i in page.get("Responses", {}).get(self._tables.idempotency, []))
+                request = page.get("UnprocessedKeys") or {}
+        return present
 
     def account_ids(self) -> Iterator[str]:
         request: dict[str, Any] = {"TableName": self._tables.accounts, "ProjectionExpression": "account_id"}

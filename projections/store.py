@@ -131,14 +131,18 @@ class BalanceStore:
         or regions, so the rare refusal is answered by committing the same change once
         more without touching `as_of`.
 
-        Credits recorded outside their account's home (`available_pending`) are added to
-        the account's `available` here, in the same transaction as their marks, if this
-        region is the account's home: exactly once, by the one region that writes that
-        account item. Elsewhere the condition fails and the change is committed without it.
+        Events recorded in another region are added to the account's `available` here, in
+        the same transaction as their marks, if this region is the account's home: exactly
+        once, by the one region that writes that account item. They are the credit legs of
+        transfers between homes (`available_pending`) and, after a fail-over, the old home's
+        writes that reach the new home late. (A move sets `available` from the log, checking
+        that this projector folded exactly that log: what was added before is overwritten,
+        what comes after is added here.) Elsewhere the condition fails and the change is
+        committed without it.
         """
         change = BalanceChange.of(events)
         seen = self._seen_updates(events, guarded=True)
-        pending = sum(event.signed_amount for event in events if event.available_pending)
+        pending = sum(e.signed_amount for e in events if e.available_pending or (self._region and e.region != self._region))
         settle = [self._settle_at_home(change.account_id, pending)] if pending and self._region else []
         advance_as_of = True
         while True:
@@ -287,6 +291,22 @@ class BalanceStore:
             ):
                 raise Contention() from exc
             raise
+
+    def folded_exactly(self, account_id: str, event_count: int) -> dict[str, Any]:
+        """A condition check, for another store's transaction: this region's view folded exactly `event_count` events.
+
+        A move of a home recomputes `available` from the log; committing that on this check
+        ties it to the projector, which settles what it folds after the move and never what
+        it folded before.
+        """
+        return {
+            "ConditionCheck": {
+                "TableName": self._tables.balances,
+                "Key": {"pk": {"S": balance_key(account_id)}},
+                "ConditionExpression": "event_count = :n",
+                "ExpressionAttributeValues": {":n": {"N": str(event_count)}},
+            }
+        }
 
     # -- reads ------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest
-from ledger.errors import WrongRegion
+from failover.move import Move
+from ledger.errors import InsufficientFunds, WrongRegion
 from ledger.service import Caller
 from replication.replicator import Lag
 from replication.simulation import World
@@ -74,3 +75,113 @@ def test_a_debit_of_an_account_known_to_be_homed_elsewhere_is_still_refused_here
     with pytest.raises(WrongRegion):
         east.transfer(Caller("t", "back"), TransferRequest(from_account="payee", to_account="payer", amount=5, currency="EUR"))
     assert [e.type for e in east.full_history("payee")] == ["account.opened", "account.credited"]
+
+
+# -- fail-over ---------------------------------------------------------------------------
+
+
+def _until(world: World, done, rounds: int = 50) -> None:
+    """Step replication and projection until `done()`, as the command's waits do on a running serve."""
+    for _ in range(rounds):
+        if done():
+            return
+        world.advance(1.0)
+        world.replicator.step()
+        world.project()
+    raise AssertionError("not done after replication and projection settled")
+
+
+def _planned(world: World, source: str, target: str, pattern: str | None = None) -> Move:
+    move = Move(world.regions[source].root, world.regions[target].root, pattern)
+    chosen = move.select(world.regions[source].root.event_store.accounts())
+    for account in chosen:
+        assert move.fence(account)
+    for account in chosen:
+        _until(world, lambda: move.replicated(account.account_id, world.now))
+        _until(world, lambda: move.open(account.account_id))
+    return move
+
+
+def test_a_planned_fail_over_moves_the_home_and_the_old_home_refuses_from_the_fence_on(world):
+    east = world.regions[EAST].root.ledger
+    west = world.regions[WEST].root.ledger
+    east.open_account(Caller("t", "o-a"), OpenAccountRequest(account_id="a", currency="EUR"))
+    east.open_account(Caller("t", "o-b"), OpenAccountRequest(account_id="b", currency="EUR"))
+    east.credit(Caller("t", "c1"), "a", MovementRequest(amount=10, currency="EUR"))
+    east.debit(Caller("t", "d1"), "a", MovementRequest(amount=3, currency="EUR"))
+    world.project()
+
+    move = Move(world.regions[EAST].root, world.regions[WEST].root, "a")
+    [account] = move.select(world.regions[EAST].root.event_store.accounts())
+    assert move.fence(account)
+    with pytest.raises(WrongRegion) as refused:
+        east.debit(Caller("t", "d2"), "a", MovementRequest(amount=1, currency="EUR"))
+    assert refused.value.extra["home_region"] == WEST
+    east.credit(Caller("t", "c2"), "b", MovementRequest(amount=1, currency="EUR"))  # other accounts go on
+    _until(world, lambda: move.replicated("a", world.now))
+    _until(world, lambda: move.open("a"))
+
+    west.debit(Caller("t", "d3"), "a", MovementRequest(amount=7, currency="EUR"))  # all 7 left, nothing more
+    with pytest.raises(InsufficientFunds):
+        west.debit(Caller("t", "d4"), "a", MovementRequest(amount=1, currency="EUR"))
+    world.settle()
+    history = list(west.full_history("a"))
+    assert [e.type for e in history][-2:] == ["account.home_moved", "account.debited"]
+    assert history[-2].write_epoch == 2 and history[-2].from_region == EAST
+    for name in (EAST, WEST):
+        assert world.items(name, "accounts")["a"]["home_region"]["S"] == WEST
+        assert world.balances(name)["a"].balance == 0
+
+
+def test_a_move_opens_only_on_a_log_its_projector_has_folded_so_a_credit_in_between_counts_once(world):
+    """A transfer's credit leg, recorded in the east after the fence, reaches the west before its projector does."""
+    east = world.regions[EAST].root.ledger
+    east.open_account(Caller("t", "o-a"), OpenAccountRequest(account_id="a", currency="EUR"))
+    east.open_account(Caller("t", "o-e"), OpenAccountRequest(account_id="e", currency="EUR", allow_overdraft=True))
+    world.settle()
+    move = Move(world.regions[EAST].root, world.regions[WEST].root, "a")
+    [account] = move.select(world.regions[EAST].root.event_store.accounts())
+    assert move.fence(account)
+    _until(world, lambda: move.replicated("a", world.now))
+    world.project()
+    east.transfer(Caller("t", "t1"), TransferRequest(from_account="e", to_account="a", amount=4, currency="EUR"))
+    world.advance(1.0)
+    world.replicator.step()  # the credit is in the west's log; the west's projector has not seen it
+
+    assert not move.open("a"), "opened on a log the west's projector had not folded"
+    world.project()
+    assert move.open("a")
+    world.settle()
+    for name in (EAST, WEST):
+        assert int(world.items(name, "accounts")["a"]["available"]["N"]) == 4
+
+
+def test_repatriating_is_the_same_move_the_other_way(world):
+    east = world.regions[EAST].root.ledger
+    east.open_account(Caller("t", "o-a"), OpenAccountRequest(account_id="a", currency="EUR"))
+    east.credit(Caller("t", "c1"), "a", MovementRequest(amount=10, currency="EUR"))
+    _planned(world, EAST, WEST)
+    world.regions[WEST].root.ledger.debit(Caller("t", "d1"), "a", MovementRequest(amount=4, currency="EUR"))
+    _planned(world, WEST, EAST)
+    east.debit(Caller("t", "d2"), "a", MovementRequest(amount=6, currency="EUR"))
+    world.settle()
+    account = east.get_account("a")
+    assert (account.home_region, account.write_epoch, account.available) == (EAST, 3, 0)
+
+
+def test_a_forced_move_counts_the_old_homes_late_writes_when_they_arrive(world):
+    east = world.regions[EAST].root.ledger
+    east.open_account(Caller("t", "o-a"), OpenAccountRequest(account_id="a", currency="EUR", allow_overdraft=True))
+    east.credit(Caller("t", "c1"), "a", MovementRequest(amount=10, currency="EUR"))
+    world.settle()
+    world.replicator.partitions = {(EAST, WEST), (WEST, EAST)}
+    east.debit(Caller("t", "late"), "a", MovementRequest(amount=3, currency="EUR"))  # never left the east
+    move = Move(world.regions[EAST].root, world.regions[WEST].root)
+    [account] = move.select(world.regions[WEST].root.event_store.accounts())
+    _until(world, lambda: move.take_over(account))
+    assert world.regions[WEST].root.ledger.get_account("a").available == 10
+    world.settle()
+    for name in (EAST, WEST):
+        item = world.items(name, "accounts")["a"]
+        assert (item["home_region"]["S"], int(item["available"]["N"])) == (WEST, 7)
+        assert world.balances(name)["a"].balance == 7

@@ -75,6 +75,7 @@ def negate(legs: list[Event], description: str | None = None, metadata: dict[str
         new_event_id=counting_ids(),
         region="eu-west-1",
         idempotency_key="undo",
+        caller="ops",
         description=description,
         metadata=metadata or {},
     )
