@@ -81,7 +81,11 @@ def _bound(app: Chalice, root: Root, view: Callable[..., Response]) -> Callable[
     @functools.wraps(view)
     def answer(**path_params: str) -> Response:
         try:
-            return view(View(root, app.current_request), **path_params)
+            response = view(View(root, app.current_request), **path_params)
+            if root.lease is not None and root.lease.fenced():
+                # Reads go on while cut off from every peer; they say the other regions' writes may be missing.
+                response.headers["Region-Fenced"] = "true"
+            return response
         except errors.WrongRegion as elsewhere:
             home_url = root.region_urls.get(elsewhere.extra.get("home_region", ""))
             if home_url:  # a router, or the client, retries there

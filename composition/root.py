@@ -18,6 +18,8 @@ from typing import Any
 from audit.checkpoints import Checkpoints
 from audit.store import CheckpointStore
 from audit.timeline import Timeline
+from failover.lease import Lease
+from failover.store import HeartbeatStore
 from ledger.config import REQUEST_PATH, Settings, dynamodb_client
 from ledger.cursors import CursorCodec
 from ledger.service import Ledger
@@ -38,6 +40,8 @@ class Root:
     client_config: Any = REQUEST_PATH
     # Where the other regions' APIs answer, when this process knows (serve --regions): region -> base URL.
     region_urls: dict[str, str] = field(default_factory=dict)
+    # This region's write lease, when it runs among peers (serve --regions); writes check it.
+    lease: Lease | None = None
 
     @classmethod
     def from_environment(cls) -> Root:
@@ -59,6 +63,7 @@ class Root:
             idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
             cursors=self.cursors,
             regions=self.settings.regions,
+            write_gate=self.lease.check if self.lease else lambda: None,
         )
 
     @cached_property
@@ -90,6 +95,10 @@ class Root:
     @cached_property
     def checkpoints(self) -> Checkpoints:
         return Checkpoints(CheckpointStore(self.dynamodb, self.settings.tables.checkpoints), self.event_store)
+
+    @cached_property
+    def heartbeats(self) -> HeartbeatStore:
+        return HeartbeatStore(self.dynamodb, self.settings.tables.regions)
 
     @cached_property
     def timeline(self) -> Timeline:

@@ -155,16 +155,8 @@ class Move:
         )
 
     def _recompute(self, account: Account, *, expect: dict, changes: dict, epoch: int, forced: bool) -> bool:
-        account_id = account.account_id
-        log = full_log(self.target, account_id)
-        totals = Totals.of(log)
-        view = self.target.balance_store.get(account_id, consistent=True)
-        if view is None or view.event_count != totals.event_count:
-            return False  # the projector has not folded the whole log yet
-        floor = max(filter(None, [account.last_event_id, totals.newest_event_id]))
-        event_id = new_ulid_after(floor)
-        moved = HomeMoved(
-            entity_id=account_id,
+        moved = lambda event_id: HomeMoved(  # noqa: E731 - the event the recompute appends
+            entity_id=account.account_id,
             event_id=event_id,
             transaction_id=event_id,
             transaction_type="move",
@@ -177,10 +169,31 @@ class Move:
             from_region=self.source_name,
             forced=forced,
         )
-        return self.target.event_store.rewrite_account(
-            account_id,
-            expect=expect,
-            changes={**changes, "available": totals.balance, "last_event_id": event_id, "moving_from": None},
-            events=[moved],
-            also=[self.target.balance_store.folded_exactly(account_id, totals.event_count)],
-        )
+        return recompute_guard(self.target, account, expect=expect, changes=changes, event=moved)
+
+
+def recompute_guard(root: Root, account: Account, *, expect: dict, changes: dict, event=None) -> bool:
+    """In `root`'s region: set the account's `available` to the fold of its log there (with `changes`).
+
+    Only on a log that region's projector has folded exactly (checked in the same
+    transaction), so what it folds later it settles itself and nothing is counted twice.
+    `event(event_id)` builds an event to append with it, newest in the account's history.
+    False if the projector is behind or the item moved on from `expect`.
+    """
+    log = full_log(root, account.account_id)
+    totals = Totals.of(log)
+    view = root.balance_store.get(account.account_id, consistent=True)
+    if view is None or view.event_count != totals.event_count:
+        return False  # the projector has not folded the whole log yet
+    newest = max(filter(None, [account.last_event_id, totals.newest_event_id]))
+    events = []
+    if event is not None:
+        newest = new_ulid_after(newest)
+        events.append(event(newest))
+    return root.event_store.rewrite_account(
+        account.account_id,
+        expect=expect,
+        changes={**changes, "available": totals.balance, "last_event_id": newest, "moving_from": None},
+        events=events,
+        also=[root.balance_store.folded_exactly(account.account_id, totals.event_count)],
+    )

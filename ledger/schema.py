@@ -39,11 +39,12 @@ class LedgerTables:
     accounts: str
     idempotency: str
     checkpoints: str
+    regions: str  # one item per region, written only by it: its heartbeat (failover.lease)
 
     @property
     def replicated(self) -> tuple[str, ...]:
         """The global tables: one item each, replicated to every region (checkpoints are built per region)."""
-        return (self.events, self.accounts, self.idempotency)
+        return (self.events, self.accounts, self.idempotency, self.regions)
 
     @classmethod
     def for_stage(cls, stage: str) -> LedgerTables:
@@ -52,6 +53,7 @@ class LedgerTables:
             accounts=f"{stage}-ledger-accounts",
             idempotency=f"{stage}-ledger-idempotency",
             checkpoints=f"{stage}-ledger-checkpoints",
+            regions=f"{stage}-ledger-regions",
         )
 
 
@@ -98,6 +100,13 @@ def table_definitions(tables: LedgerTables) -> list[dict[str, Any]]:
         "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
         "BillingMode": "PAY_PER_REQUEST",
     }
+    regions = {
+        "TableName": tables.regions,
+        "KeySchema": _keys(("region", "HASH")),
+        "AttributeDefinitions": [{"AttributeName": "region", "AttributeType": "S"}],
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        "BillingMode": "PAY_PER_REQUEST",
+    }
     checkpoints = {
         "TableName": tables.checkpoints,
         "KeySchema": _keys(("account_id", "HASH"), ("period", "RANGE")),
@@ -107,7 +116,7 @@ def table_definitions(tables: LedgerTables) -> list[dict[str, Any]]:
         ],
         "BillingMode": "PAY_PER_REQUEST",
     }
-    return [events, accounts, idempotency, checkpoints]
+    return [events, accounts, idempotency, regions, checkpoints]
 
 
 def time_to_live(tables: LedgerTables) -> dict[str, str]:

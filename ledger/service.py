@@ -156,8 +156,10 @@ class Ledger:
         monotonic: Callable[[], float] = time.monotonic,
         cursors: CursorCodec | None = None,
         regions: tuple[str, ...] = (),
+        write_gate: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
+        self._write_gate = write_gate  # raises while this region may not write (failover.lease)
         self._region = region
         self._ttl = idempotency_ttl
         self._retry = retry
@@ -366,6 +368,7 @@ class Ledger:
         attempt = remints = 0
         while True:
             try:
+                self._write_gate()  # before every attempt: a lease lost during backoff stops the next
                 self._store.commit(commit)
                 return Outcome(record.body, record.resource)
             except (OutOfOrder, HomedElsewhere, StaleEpoch) as stale:

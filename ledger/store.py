@@ -426,6 +426,8 @@ class EventStore:
         if account.home_region != self._region:
             if guard.remote_ok:
                 return HomedElsewhere(name, account.home_region, account.write_epoch)
+            if account.moving_from is not None:
+                return self._moving(account)  # the new home may not even hold the account yet
             return errors.WrongRegion(
                 f"account {name!r} is written in {account.home_region}, not {self._region}",
                 account_id=name,
@@ -434,11 +436,7 @@ class EventStore:
         if account.write_epoch != guard.epoch:
             return StaleEpoch(name, account.write_epoch)
         if account.moving_from is not None:
-            return errors.AccountMoving(
-                f"account {name!r} is moving here from {account.moving_from}; it takes writes once the move is done",
-                account_id=name,
-                home_region=account.home_region,
-            )
+            return self._moving(account)
         if guard.delta < 0 and not account.allow_overdraft and account.available < -guard.delta:
             return errors.InsufficientFunds(
                 f"account {name!r} does not allow overdraft and holds too little for {-guard.delta}",
@@ -447,6 +445,14 @@ class EventStore:
         if account.last_event_id is not None and account.last_event_id >= guard.event_id:
             return OutOfOrder(name, account.last_event_id)
         return Contention(on_idempotency_record=False)  # the item moved on since: try again
+
+    def _moving(self, account: Account) -> Exception:
+        return errors.AccountMoving(
+            f"account {account.account_id!r} is moving from {account.moving_from} to {account.home_region}; "
+            "retry shortly (its new home takes writes once the move is done, and the old one then answers 421)",
+            account_id=account.account_id,
+            home_region=account.home_region,
+        )
 
     def _explain(self, exc: ClientError, plan: _Plan) -> Exception:
         code = exc.response.get("Error", {}).get("Code", "")
@@ -569,6 +575,18 @@ class EventStore:
                 return False
             raise
         return True
+
+    def record_review(self, record_id: str, kind: str, detail: str, recorded_at: str) -> None:
+        """Record, once, that an operator's reconciliation reviewed a finding (kept beside the idempotency records)."""
+        try:
+            self._client.put_item(**self._put_new(
+                self._tables.idempotency,
+                {"idempotency_id": record_id, "review_of": kind, "detail": detail, "recorded_at": recorded_at},
+                "idempotency_id",
+            )["Put"])  # fmt: skip
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
 
     def records_present(self, record_ids: Sequence[str]) -> set[str]:
         """Which of these idempotency records this replica holds (strongly consistent)."""

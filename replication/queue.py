@@ -102,15 +102,19 @@ class ShipmentQueue:
             self._db.execute("COMMIT")
 
     def pending(self) -> dict[tuple[str, str], int]:
-        """How many shipments wait, per (source, destination)."""
+        """How many ledger items wait, per (source, destination); heartbeats (`regions`) never stop coming, so never count."""
         with self._lock:
-            rows = self._db.execute("SELECT source, dest, COUNT(*) FROM shipments GROUP BY source, dest").fetchall()
+            rows = self._db.execute(
+                "SELECT source, dest, COUNT(*) FROM shipments WHERE table_name <> 'regions' GROUP BY source, dest"
+            ).fetchall()
         return {(source, dest): count for source, dest, count in rows}
 
     def oldest_pending(self) -> dict[tuple[str, str], int]:
-        """The stamp (microseconds) of the oldest write still waiting, per (source, destination)."""
+        """The stamp (microseconds) of the oldest ledger write still waiting, per (source, destination)."""
         with self._lock:
-            rows = self._db.execute("SELECT source, dest, MIN(stamp_time) FROM shipments GROUP BY source, dest").fetchall()
+            rows = self._db.execute(
+                "SELECT source, dest, MIN(stamp_time) FROM shipments WHERE table_name <> 'regions' GROUP BY source, dest"
+            ).fetchall()
         return {(source, dest): oldest for source, dest, oldest in rows}
 
     def next_due(self) -> float | None:

@@ -47,7 +47,8 @@ from runtime.poller import PollerConfig, StreamPoller, stream_arn_of
 from .queue import Shipment, ShipmentQueue
 from .stamps import HybridClock, stamp_of
 
-LOGICAL_TABLES = ("events", "accounts", "idempotency")
+LEDGER_TABLES = ("events", "accounts", "idempotency")
+LOGICAL_TABLES = (*LEDGER_TABLES, "regions")  # and the regions' heartbeats (failover.lease)
 _LWW = "attribute_not_exists(#t) OR #t < :t OR (#t = :t AND #r < :r)"
 _SAME_VERSION = "#t = :t AND #r = :r"
 _NAMES = {"#t": REPLICATION_TIME, "#r": REPLICATION_REGION}
@@ -102,7 +103,7 @@ class Replicator:
         poller_config: PollerConfig = PollerConfig(batching_window_seconds=0.05, max_attempts=10**9, shard_refresh_seconds=1.0),
     ) -> None:
         self.regions = {region.name: region for region in regions}
-        self._tables = {"events": tables.events, "accounts": tables.accounts, "idempotency": tables.idempotency}
+        self._tables = {logical: getattr(tables, logical) for logical in LOGICAL_TABLES}
         self._logical = {physical: logical for logical, physical in self._tables.items()}
         self.queue = queue
         self._state_dir = Path(state_dir)
@@ -132,9 +133,9 @@ class Replicator:
         return sum(self._poller(name, logical).poll_once() for name in names for logical in LOGICAL_TABLES)
 
     def captured_everything(self) -> bool:
-        """Every stream of every region read to its end (each poller drained at least once)."""
+        """Every ledger stream of every region read to its end (heartbeats never end, so they are left out)."""
         for name in self.regions:
-            for logical in LOGICAL_TABLES:
+            for logical in LEDGER_TABLES:
                 poller = self._poller(name, logical)
                 try:
                     poller.drain(timeout=0)

@@ -98,6 +98,16 @@ def connect(args: argparse.Namespace) -> Root:
     return Root(settings, client=client)
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds between 0 and 3600")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ledger", description="dynamo-ledger: an event-sourced ledger on DynamoDB")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--lag-ms", type=float, default=50.0, help="with --regions: replication lag (default 50)")
     serve.add_argument("--jitter-ms", type=float, default=50.0, help="with --regions: extra random lag, up to (default 50)")
+    serve.add_argument(
+        "--lease-seconds",
+        type=_positive_seconds,
+        default=10.0,
+        help="with --regions: a region that hears no peer for this long takes no writes (503 region_fenced; default 10)",
+    )
     serve.add_argument(
         "--allow-exposed-dynamodb",
         action="store_true",
@@ -161,7 +177,26 @@ def build_parser() -> argparse.ArgumentParser:
     delay.add_argument("--jitter-ms", type=float, default=0.0, help="extra random lag, up to this many milliseconds")
     same = region_commands.add_parser("compare", help="wait for replication to drain, then compare every region")
     same.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the drain (default 60)")
-    for command, handler in ((region_status, "status"), (cut, "partition"), (mend, "heal"), (delay, "lag"), (same, "compare")):
+    move = region_commands.add_parser(
+        "failover", help="move the home of A's accounts to B (planned; --force when A is unreachable)"
+    )
+    move.add_argument("--from", dest="source", required=True, help="the accounts' home now")
+    move.add_argument("--to", dest="dest", required=True, help="their new home")
+    move.add_argument("--accounts", metavar="PATTERN", help="only accounts matching this shell pattern (e.g. 'acct-eu-*')")
+    move.add_argument("--force", action="store_true", help="A is unreachable: wait out its lease, then move from B's replica")
+    move.add_argument(
+        "--override-lease",
+        action="store_true",
+        help="with --force: do not wait for A's lease to run out (both sides may write until the split heals)",
+    )
+    move.add_argument("--timeout", type=float, default=120.0, help="seconds each phase may wait (default 120)")
+    settle = region_commands.add_parser(
+        "reconcile", help="after a split: name overwritten guards, stale-epoch events, duplicate keys, overdrafts"
+    )
+    settle.add_argument("--repair", action="store_true", help="act: recompute guards, reverse duplicates, record reviews")
+    settle.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for replication to drain (default 60)")
+    commands_by_name = [(region_status, "status"), (cut, "partition"), (mend, "heal"), (delay, "lag"), (same, "compare")]
+    for command, handler in [*commands_by_name, (move, "failover"), (settle, "reconcile")]:
         _data_dir_option(command)
         command.set_defaults(handler=_regions(handler))
 
@@ -366,6 +401,7 @@ def _serve(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
             projector=args.projector,
             lag=Lag(args.lag_ms, args.jitter_ms),
+            lease_seconds=args.lease_seconds,
             allow_exposed_dynamodb=args.allow_exposed_dynamodb,
         )
     from .serve import serve

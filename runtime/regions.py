@@ -29,6 +29,8 @@ from chalice.config import Config
 
 from api.app import create_app
 from composition.root import Root
+from failover.lease import DEFAULT_LEASE_SECONDS, Lease
+from failover.store import HeartbeatStore
 from ledger.ids import format_rfc3339
 from projections.schema import ProjectionTables
 from projections.store import BalanceStore
@@ -59,6 +61,7 @@ class ServedRegion:
     journal: WriteJournal
     api_url: str
     watermarks: BalanceStore  # over an unjournaled client: a watermark is rewritten every half second, and derived
+    lease: Lease
     projector: StreamPoller | None = None
 
 
@@ -90,6 +93,7 @@ def serve_regions(
     data_dir: Path,
     projector: bool = True,
     lag: Lag = Lag(50.0, 50.0),
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
     allow_exposed_dynamodb: bool = False,
 ) -> int:
     """Run every region until Ctrl-C or SIGTERM; every child process stops with us."""
@@ -102,7 +106,9 @@ def serve_regions(
         regions: list[ServedRegion] = []
         links: list[Region] = []
         for name in names:
-            served, link = _start_region(stack, settings, name, names, data_dir, urls, allow_exposed_dynamodb, crashed)
+            served, link = _start_region(
+                stack, settings, name, names, data_dir, urls, allow_exposed_dynamodb, crashed, lease_seconds
+            )
             regions.append(served)
             links.append(link)
         replicator = Replicator(
@@ -119,6 +125,11 @@ def serve_regions(
         loop.start()
         stack.callback(loop.join, 10)
         stack.callback(stop.set)
+        for region in regions:
+            beat = threading.Thread(target=region.lease.run, args=(stop, _say), name=f"lease-{region.name}", daemon=True)
+            beat.start()
+            stack.callback(beat.join, 5)
+        _await_leases(regions, deadline=time.monotonic() + max(30.0, 3 * lease_seconds))
         for i, region in enumerate(regions):
             server = create_server(create_app(region.root), Config(chalice_stage=settings.stage), host, port + i)
             thread = threading.Thread(target=server.serve_forever, name=f"api-{region.name}", daemon=True)
@@ -164,6 +175,7 @@ def _start_region(
     urls: dict[str, str],
     allow_exposed: bool,
     crashed: threading.Event,
+    lease_seconds: float,
 ) -> tuple[ServedRegion, Region]:
     region_dir = data_dir / name
     database = stack.enter_context(DynamoDBLocal(data_dir=region_dir, allow_exposed=allow_exposed))
@@ -180,11 +192,23 @@ def _start_region(
     clock = HybridClock()
     stamped = Stamper(name, local.tables.replicated, clock).attach(dynamodb_client(local))
     journal.attach(stamped)  # after the stamper: the journal keeps the stamped request
-    root = Root(local, client=stamped, region_urls=urls)
+    # Heartbeats: stamped so that they replicate, not journaled (a lost beat is a missed beat).
+    beats = HeartbeatStore(Stamper(name, local.tables.replicated, clock).attach(dynamodb_client(local)), local.tables.regions)
+    lease = Lease(name, names, beats, lease_seconds)
+    root = Root(local, client=stamped, region_urls=urls, lease=lease)
     _watch(database, name, crashed)
     watermarks = BalanceStore(dynamodb_client(local), ProjectionTables.for_stage(local.stage))
-    served = ServedRegion(name, root, database, journal, urls[name], watermarks)
+    served = ServedRegion(name, root, database, journal, urls[name], watermarks, lease)
     return served, Region(name, plain, streams_client(local), clock)
+
+
+def _await_leases(regions: list[ServedRegion], deadline: float) -> None:
+    """Until every region heard a peer (so that the ready line means writable), or the deadline."""
+    while any(region.lease.fenced() for region in regions) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for region in regions:
+        if region.lease.fenced():
+            _say(f"ledger: {region.name} has not heard from a peer yet; it refuses writes (503 region_fenced) until it does")
 
 
 def _watch(database: DynamoDBLocal, name: str, crashed: threading.Event) -> None:
@@ -255,6 +279,12 @@ def _status(replicator: Replicator, regions: list[ServedRegion], now: float) -> 
         poller = region.projector
         caught_up = poller is None or poller.caught_up()
         behind = 0.0 if caught_up or not poller.last_delivered_at else max(0.0, now - poller.last_delivered_at)
-        projections[region.name] = {"caught_up": caught_up, "lag_ms": round(behind * 1000, 1)}
+        projections[region.name] = {
+            "caught_up": caught_up,
+            "lag_ms": round(behind * 1000, 1),
+            "fenced": region.lease.fenced(),
+            "excluded": sorted(region.lease.excluded),
+            "excluded_by": sorted(region.lease.excluded_by),
+        }
     status["projections"] = projections
     return status

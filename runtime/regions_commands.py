@@ -10,18 +10,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import BotoCoreError, ClientError
+
 from audit.canonical import digest_of
 from composition.root import Root
+from failover.lease import IN_FLIGHT_SECONDS, wait_seconds
+from failover.move import Move
+from failover.reconcile import find as find_findings
+from failover.reconcile import repair as repair_finding
+from ledger.ids import format_rfc3339
 from ledger.config import OPERATOR, Settings, dynamodb_client
 from ledger.fold import Totals
 from ledger.store import event_from_item
+from replication.stamps import HybridClock, Stamper
 
 from .discovery import ServeState
 from .regions import CONTROL_FILE, REPLICATION_DIR, STATUS_FILE, read_control, write_json
+
+
+_log = Logger(service="ledger-reconcile", stream=sys.stderr)
 
 
 class RegionsError(Exception):
@@ -112,11 +128,16 @@ def status(args: argparse.Namespace) -> int:
         cells = [f"{lag_ms[k]:.0f} ms" if lag_ms[k] is not None else "-" for k in ("p50", "p99", "max")]
         state = "PARTITIONED" if figures["partitioned"] else "replicating"
         print(f"{direction:<34} {figures['queued']:>7} {figures['delivered']:>9} {cells[0]:>9} {cells[1]:>9} {cells[2]:>9}  {state}")
-    print(f"{'region':<20} {'projection':<12} {'lag':>9}  replication watermark")
+    print(f"{'region':<20} {'projection':<12} {'lag':>9}  {'replication watermark':<22} writes")
     for region, projection in published["projections"].items():
         mark = published.get("watermarks", {}).get(region)
         mark_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mark)) if mark else "-"
-        print(f"{region:<20} {'caught up' if projection['caught_up'] else 'behind':<12} {projection['lag_ms']:>6.0f} ms  {mark_text}")
+        writes = "FENCED" if projection.get("fenced") else "taken"
+        if projection.get("excluded_by"):
+            writes += f" (failed over from by {', '.join(projection['excluded_by'])})"
+        if projection.get("excluded"):
+            writes += f" (excludes {', '.join(projection['excluded'])})"
+        print(f"{region:<20} {'caught up' if projection['caught_up'] else 'behind':<12} {projection['lag_ms']:>6.0f} ms  {mark_text:<22} {writes}")
     print("drained" if published.get("drained") else "replication in flight")
     return 0
 
@@ -213,3 +234,199 @@ def compare(args: argparse.Namespace) -> int:
     events = sum(count for _, count in next(iter(snapshots.values()))["events"].values())
     print(f"{len(snapshots)} regions agree: {accounts} account(s), {events} event(s), and every balance equals its log")
     return 0
+
+
+# -- fail-over ---------------------------------------------------------------------------
+
+
+def _region_roots(state: ServeState) -> dict[str, Root]:
+    """A root per region over the operator's client, stamped as that region's writes are (so they replicate)."""
+    roots = {}
+    names = tuple(state.regions or {})
+    for name, place in (state.regions or {}).items():
+        settings = Settings(stage=state.stage, region=name, endpoint_url=place["endpoint_url"], regions=names)
+        client = Stamper(name, settings.tables.replicated, HybridClock()).attach(dynamodb_client(settings, OPERATOR))
+        roots[name] = Root(settings, client=client)
+    return roots
+
+
+class _Phases:
+    """Runs the command's phases, printing each with how long it took."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def run(self, name: str, step, *, timeout: float, what: str) -> None:
+        began = time.monotonic()
+        pending = step()
+        while pending:
+            if time.monotonic() - began > timeout:
+                raise RegionsError(f"{name}: {what} still waiting after {timeout:g} s: {', '.join(sorted(pending)[:10])}")
+            time.sleep(0.1)
+            pending = step()
+        print(f"{name}: done in {time.monotonic() - began:.2f} s", flush=True)
+
+
+def _until_each(accounts: list[str], attempt) -> Any:
+    """A phase step: try `attempt` on each account still pending; what is left is pending."""
+    pending = set(accounts)
+
+    def step() -> set[str]:
+        for account in sorted(pending):
+            if attempt(account):
+                pending.discard(account)
+        return pending
+
+    return step
+
+
+def failover(args: argparse.Namespace) -> int:
+    state, _ = _served(args)
+    _check_regions(state, args.source, args.dest)
+    if args.source == args.dest:
+        raise RegionsError("--from and --to name the same region")
+    if args.override_lease and not args.force:
+        raise RegionsError("--override-lease goes with --force (a planned fail-over waits for nothing it could skip)")
+    roots = _region_roots(state)
+    source, target = roots[args.source], roots[args.dest]
+    move = Move(source, target, args.accounts, record_ttl_seconds=target.settings.idempotency_ttl_seconds)
+    phases = _Phases()
+    which = f"accounts matching {args.accounts!r}" if args.accounts else "every account"
+    mode = "forced, lease overridden" if args.override_lease else "forced" if args.force else "planned"
+    print(f"fail-over ({mode}) of {which} homed in {args.source} to {args.dest}", flush=True)
+    try:
+        moved = _forced(move, phases, args) if args.force else _planned(move, phases, args)
+    except (BotoCoreError, ClientError) as exc:
+        down = args.dest if args.force else f"{args.source} or {args.dest}"
+        hint = "" if args.force else f"; if {args.source} is down, use --force"
+        raise RegionsError(f"{down} did not answer ({exc}){hint}") from exc
+    print(f"{len(moved)} account(s) now homed in {args.dest} in {time.monotonic() - phases.started:.2f} s" + (f": {', '.join(moved[:10])}" + (" ..." if len(moved) > 10 else "") if moved else ""))
+    return 0
+
+
+def _planned(move: Move, phases: _Phases, args: argparse.Namespace) -> list[str]:
+    source, target = move.source, move.target
+    _readmit(source, target, phases, args.timeout)
+    chosen = move.select(source.event_store.accounts())
+    ids = [a.account_id for a in chosen]
+    print(f"fence: {len(ids)} account(s) in {move.source_name}; from now on it refuses their writes (421 naming {move.target_name})", flush=True)
+
+    def fence(account_id: str) -> bool:
+        account = source.event_store.get_account(account_id)
+        if account is None or not move.select([account]):
+            return True  # moved meanwhile by another command: not ours
+        return move.fence(account)
+
+    phases.run("fence", _until_each(ids, fence), timeout=args.timeout, what="accounts being written")
+    ids = [i for i in ids if i in move.epochs]
+    print(f"replicate: waiting until {move.target_name} holds every event and live idempotency record {move.source_name} holds for them", flush=True)
+    phases.run("replicate", _until_each(ids, lambda a: move.replicated(a, time.time())), timeout=args.timeout, what="not yet replicated")
+    print(f"open: recompute each available balance from {move.target_name}'s log, then take writes there", flush=True)
+    phases.run("open", _until_each(ids, move.open), timeout=args.timeout, what="projector still folding")
+
+    def redirects(account_id: str) -> bool:  # the old home names the new one (421) once the open reached it
+        account = source.event_store.get_account(account_id)
+        return account is None or (account.home_region == move.target_name and account.moving_from is None)
+
+    print(f"settle: waiting until {move.source_name} holds the open (from then on it answers 421 naming {move.target_name})", flush=True)
+    phases.run("settle", _until_each(ids, redirects), timeout=args.timeout, what="open not replicated back yet")
+    return ids
+
+
+def _readmit(source: Root, target: Root, phases: _Phases, timeout: float) -> None:
+    """Failing back to a region excluded by a forced fail-over: lift the exclusion once its replica caught up."""
+    name, back = source.settings.region, target.settings.region
+    _, exclusions = source.heartbeats.read()
+    if back not in exclusions.get(name, set()):
+        return
+    print(f"readmit: {back} was failed over from by force; waiting until its replica holds {name}'s accounts", flush=True)
+
+    def caught_up() -> set[str]:
+        theirs = {a.account_id: a for a in target.event_store.accounts()}
+        return {
+            a.account_id
+            for a in source.event_store.accounts()
+            if a.home_region == name
+            and (a.account_id not in theirs or (theirs[a.account_id].home_region, theirs[a.account_id].write_epoch) != (a.home_region, a.write_epoch))
+        }
+
+    phases.run("readmit", caught_up, timeout=timeout, what="account items not yet replicated")
+    source.heartbeats.set_exclusions(name, exclusions.get(name, set()) - {back})
+
+    lifted_at = time.time()
+
+    def still_fenced() -> set[str]:  # until it says, in a beat after the lift, that it takes writes again
+        beats, _ = target.heartbeats.read()
+        own = beats.get(back)
+        return set() if own is not None and own.beat_at > lifted_at and not own.fenced else {back}
+
+    phases.run("lift", still_fenced, timeout=timeout, what="still fenced:")
+
+
+def _forced(move: Move, phases: _Phases, args: argparse.Namespace) -> list[str]:
+    target = move.target
+    if args.override_lease:
+        print(f"lease: not waited for (--override-lease): {move.source_name}, if alive, may write until the split heals", flush=True)
+    else:
+        print(f"lease: waiting until nobody has heard {move.source_name} for its lease time plus {IN_FLIGHT_SECONDS:g} s", flush=True)
+
+        def lease_running() -> set[str]:
+            beats, _ = target.heartbeats.read()
+            return {move.source_name} if wait_seconds(beats, move.source_name, time.time()) > 0 else set()
+
+        phases.run("lease", lease_running, timeout=args.timeout, what=f"{move.source_name} is still heard (by {move.target_name} or a third region)")
+    _, exclusions = target.heartbeats.read()
+    target.heartbeats.set_exclusions(move.target_name, exclusions.get(move.target_name, set()) | {move.source_name})
+    print(f"exclude: {move.target_name} no longer waits to hear {move.source_name}; {move.source_name} stays fenced once it hears this", flush=True)
+    chosen = move.select(target.event_store.accounts())
+    ids = [a.account_id for a in chosen]
+    print(f"take over: {len(ids)} account(s), available recomputed from {move.target_name}'s log", flush=True)
+
+    def take(account_id: str) -> bool:
+        account = target.event_store.get_account(account_id)
+        if account is None or not move.select([account]):
+            return True  # taken over by an earlier round, or moved by another command: not pending
+        return move.take_over(account)
+
+    phases.run("take over", _until_each(ids, take), timeout=args.timeout, what="projector still folding")
+    return ids
+
+
+# -- reconcile ---------------------------------------------------------------------------
+
+
+def reconcile(args: argparse.Namespace) -> int:
+    state, directory = _served(args)
+    wait_drained(directory, args.timeout)
+    roots = _region_roots(state)
+    findings = find_findings(next(iter(roots.values())))
+    open_findings = [f for f in findings if not f.reviewed]
+    counts = Counter(f.kind for f in open_findings)
+    for finding in findings:
+        state_word = "reviewed" if finding.reviewed else "FINDING"
+        print(f"{state_word} {finding.kind} {finding.account_id}: {finding.detail}")
+        if not finding.reviewed:
+            _log.warning("reconciliation finding", extra={"kind": finding.kind, "account_id": finding.account_id, "finding": finding.key, "detail": finding.detail})
+    _emit_metrics(counts)
+    if not open_findings:
+        print(f"nothing to reconcile across {len(roots)} regions" + (f" ({len(findings)} reviewed before)" if findings else ""))
+        return 0
+    if not args.repair:
+        print(f"{len(open_findings)} finding(s): " + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items())) + "; run with --repair to act")
+        return 1
+    now = format_rfc3339(datetime.now(timezone.utc))
+    for finding in open_findings:
+        done = repair_finding(finding, roots, now)
+        _log.info("reconciliation repair", extra={"kind": finding.kind, "account_id": finding.account_id, "finding": finding.key, "repair": done})
+        print(f"repaired {finding.kind} {finding.account_id}: {done}")
+    print(f"{len(open_findings)} finding(s) repaired; `ledger regions reconcile` again, once replicated, finds none")
+    return 0
+
+
+def _emit_metrics(counts: Counter) -> None:
+    """One CloudWatch embedded-metric document per run on stderr: findings by kind (zero too)."""
+    metrics = Metrics(namespace="DynamoLedger", service="ledger-reconcile")
+    for kind in ("overwritten_guard", "stale_epoch", "duplicate_key", "overdraft"):
+        metrics.add_metric(name=f"ReconcileFindings_{kind}", unit=MetricUnit.Count, value=counts.get(kind, 0))
+    print(json.dumps(metrics.serialize_metric_set(), separators=(",", ":")), file=sys.stderr)
+    metrics.clear_metrics()

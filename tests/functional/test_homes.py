@@ -12,7 +12,8 @@ import pytest
 
 from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest
 from failover.move import Move
-from ledger.errors import InsufficientFunds, WrongRegion
+from failover.reconcile import find, repair
+from ledger.errors import AccountMoving, InsufficientFunds, WrongRegion
 from ledger.service import Caller
 from replication.replicator import Lag
 from replication.simulation import World
@@ -102,7 +103,7 @@ def _planned(world: World, source: str, target: str, pattern: str | None = None)
     return move
 
 
-def test_a_planned_fail_over_moves_the_home_and_the_old_home_refuses_from_the_fence_on(world):
+def test_a_planned_fail_over_moves_the_home_and_both_sides_refuse_while_it_is_under_way(world):
     east = world.regions[EAST].root.ledger
     west = world.regions[WEST].root.ledger
     east.open_account(Caller("t", "o-a"), OpenAccountRequest(account_id="a", currency="EUR"))
@@ -114,12 +115,18 @@ def test_a_planned_fail_over_moves_the_home_and_the_old_home_refuses_from_the_fe
     move = Move(world.regions[EAST].root, world.regions[WEST].root, "a")
     [account] = move.select(world.regions[EAST].root.event_store.accounts())
     assert move.fence(account)
-    with pytest.raises(WrongRegion) as refused:
+    with pytest.raises(AccountMoving) as refused:  # 503: the west may not even hold the account yet
         east.debit(Caller("t", "d2"), "a", MovementRequest(amount=1, currency="EUR"))
     assert refused.value.extra["home_region"] == WEST
     east.credit(Caller("t", "c2"), "b", MovementRequest(amount=1, currency="EUR"))  # other accounts go on
     _until(world, lambda: move.replicated("a", world.now))
+    with pytest.raises(AccountMoving):
+        west.debit(Caller("t", "d2"), "a", MovementRequest(amount=1, currency="EUR"))
     _until(world, lambda: move.open("a"))
+    world.settle()
+    with pytest.raises(WrongRegion) as refused:  # moved: the old home names the new one
+        east.debit(Caller("t", "d2"), "a", MovementRequest(amount=1, currency="EUR"))
+    assert refused.value.extra["home_region"] == WEST
 
     west.debit(Caller("t", "d3"), "a", MovementRequest(amount=7, currency="EUR"))  # all 7 left, nothing more
     with pytest.raises(InsufficientFunds):
@@ -185,3 +192,61 @@ def test_a_forced_move_counts_the_old_homes_late_writes_when_they_arrive(world):
         item = world.items(name, "accounts")["a"]
         assert (item["home_region"]["S"], int(item["available"]["N"])) == (WEST, 7)
         assert world.balances(name)["a"].balance == 7
+
+
+# -- reconciling after a split ------------------------------------------------------------
+
+
+def _roots(world: World) -> dict[str, Any]:
+    return {name: region.root for name, region in world.regions.items()}
+
+
+def test_after_a_planned_move_and_a_forced_one_with_the_lease_waited_out_reconcile_finds_nothing(world):
+    east = world.regions[EAST].root.ledger
+    east.open_account(Caller("t", "o-a"), OpenAccountRequest(account_id="a", currency="EUR"))
+    east.credit(Caller("t", "c1"), "a", MovementRequest(amount=10, currency="EUR"))
+    _planned(world, EAST, WEST)
+    world.regions[WEST].root.ledger.debit(Caller("t", "d1"), "a", MovementRequest(amount=4, currency="EUR"))
+    world.settle()
+    assert find(world.regions[EAST].root) == []
+
+
+def test_both_sides_writing_through_a_split_are_named_exactly_and_repaired(world):
+    """--override-lease: the east, cut off but alive, goes on writing an account the west took over."""
+    east = world.regions[EAST].root.ledger
+    west = world.regions[WEST].root.ledger
+    east.open_account(Caller("t", "o-a"), OpenAccountRequest(account_id="a", currency="EUR"))
+    east.credit(Caller("t", "c1"), "a", MovementRequest(amount=10, currency="EUR"))
+    world.settle()
+    world.replicator.partitions = {(EAST, WEST), (WEST, EAST)}
+    move = Move(world.regions[EAST].root, world.regions[WEST].root)
+    [account] = move.select(world.regions[WEST].root.event_store.accounts())
+    _until(world, lambda: move.take_over(account))
+    world.advance(1.0)
+    west.debit(Caller("t", "d-west"), "a", MovementRequest(amount=7, currency="EUR"))
+    west.debit(Caller("t", "same"), "a", MovementRequest(amount=1, currency="EUR"))
+    east.debit(Caller("t", "d-east"), "a", MovementRequest(amount=7, currency="EUR"))  # both spend the same 10
+    east.debit(Caller("t", "same"), "a", MovementRequest(amount=1, currency="EUR"))  # a client's retry, elsewhere
+    world.settle()
+
+    findings = find(world.regions[EAST].root)
+
+    kinds = sorted(f.kind for f in findings)
+    assert kinds == ["duplicate_key", "overdraft", "overwritten_guard", "stale_epoch", "stale_epoch"], findings
+    stale = {f.detail.split()[1] for f in findings if f.kind == "stale_epoch"}
+    east_events = {e.event_id for e in east.full_history("a") if e.region == EAST and e.transaction_type == "debit"}
+    assert stale == east_events, "the stale-epoch events are exactly the east's writes after the move"
+
+    now = "2026-12-03T00:00:00Z"
+    for finding in findings:
+        repair(finding, _roots(world), now, wait=world.project)
+    world.settle()
+
+    after = find(world.regions[WEST].root)
+    assert [f for f in after if not f.reviewed] == [], after
+    assert {f.kind for f in after} == {"stale_epoch", "overdraft"}, "reviewed, still shown"
+    item = world.items(WEST, "accounts")["a"]
+    assert (item["home_region"]["S"], int(item["write_epoch"]["N"])) == (WEST, 2)
+    history = list(west.full_history("a"))
+    assert int(item["available"]["N"]) == sum(e.signed_amount for e in history) == 10 - 7 - 7 - 1
+    assert [e.transaction_type for e in history].count("reversal") == 1

@@ -47,7 +47,8 @@ def write_burst(served: Served, model: Counter, rng: random.Random, tag: str, co
 
 
 def test_two_regions_partitioned_and_healed_converge_to_what_was_acknowledged(data_dir: Path) -> None:
-    served = Served(data_dir, "--regions", ",".join(REGIONS), "--lag-ms", "20", "--jitter-ms", "80")
+    # A lease longer than the test: this one is about convergence, not about fencing (test_failover_serve.py).
+    served = Served(data_dir, "--regions", ",".join(REGIONS), "--lag-ms", "20", "--jitter-ms", "80", "--lease-seconds", "300")
     try:
         rng, model = random.Random(5), Counter()
         for account, home in ACCOUNTS.items():
@@ -82,31 +83,46 @@ def test_two_regions_partitioned_and_healed_converge_to_what_was_acknowledged(da
         assert served.stop() == 0, "".join(served.output[-20:])
 
 
-def _readme_multi_region_tour() -> str:
+def _readme_block(name: str) -> str:
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = text.split("<!-- multi-region-tour:start -->")[1].split("<!-- multi-region-tour:end -->")[0]
+    block = text.split(f"<!-- {name}:start -->")[1].split(f"<!-- {name}:end -->")[0]
     return block.split("```bash")[1].split("```")[0]
 
 
-def test_the_readme_multi_region_tour_runs_as_written(data_dir: Path) -> None:
-    served = Served(data_dir, "--regions", "us-east-1,eu-west-1,ap-southeast-1")
-    try:
-        script = _readme_multi_region_tour()
-        for name, default in (("US", 8000), ("EU", 8001), ("AP", 8002)):
-            region = {"US": "us-east-1", "EU": "eu-west-1", "AP": "ap-southeast-1"}[name]
-            script = script.replace(f"{name}=http://127.0.0.1:{default}", f"{name}={served.apis[region]}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
-        env["LEDGER_DATA_DIR"] = str(data_dir)
+def _run_readme_block(served: Served, name: str, data_dir: Path) -> subprocess.CompletedProcess:
+    script = _readme_block(name)
+    for short, default in (("US", 8000), ("EU", 8001), ("AP", 8002)):
+        region = {"US": "us-east-1", "EU": "eu-west-1", "AP": "ap-southeast-1"}[short]
+        script = script.replace(f"{short}=http://127.0.0.1:{default}", f"{short}={served.apis[region]}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env["LEDGER_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=300, env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
 
-        result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=300, env=env,
-            cwd=Path(__file__).resolve().parents[2],
-        )  # fmt: skip
+
+def test_the_readme_multi_region_tour_and_fail_over_runbook_run_as_written(data_dir: Path) -> None:
+    # The runbook's shorter lease only shortens its waits; every command is as written.
+    served = Served(data_dir, "--regions", "us-east-1,eu-west-1,ap-southeast-1", "--lease-seconds", "6")
+    try:
+        result = _run_readme_block(served, "multi-region-tour", data_dir)
 
         assert result.returncode == 0, result.stdout + result.stderr
         assert '"code":"wrong_region"' in result.stdout and '"home_url"' in result.stdout
         assert "3 regions agree" in result.stdout
         ben = served.get("/accounts/ben/balance", api=served.apis["eu-west-1"])
         assert (ben["balance"], ben["available"], ben["in_flight"]) == (380, 380, 0)
+
+        runbook = _run_readme_block(served, "failover-runbook", data_dir)
+
+        assert runbook.returncode == 0, runbook.stdout + runbook.stderr
+        out = runbook.stdout
+        assert out.count('"code":"wrong_region"') == 1, out  # the old home redirects after the planned move
+        assert "1 account(s) now homed in eu-west-1" in out and "lease: done" in out and "readmit: done" in out
+        assert "3 regions agree" in out and "nothing to reconcile" in out
+        assert out.count('"account.debited"') == 3, out  # dan in EU, ann in EU, ann home again
+        ann = served.get("/accounts/ann", api=served.apis["ap-southeast-1"])
+        assert ann["home_region"] == "us-east-1" and ann["write_epoch"] == 3
     finally:
         assert served.stop() == 0, "".join(served.output[-20:])

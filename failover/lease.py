@@ -1,0 +1,134 @@
+"""The write lease: a region that has not heard from any peer for its lease time takes no guarded writes.
+
+Each region beats into its own item of the replicated regions table
+(`failover.store`) a few times per lease, and reads the others'. A peer's beat
+echoes the newest beat it heard from each region; the lease runs `lease_seconds`
+from this region's newest beat that came back so: a round trip, so a one-way
+partition fences too, and every region measures only its own clock. The items travel like every ledger item, so a
+region cut off from the others stops hearing them exactly when its writes stop
+reaching them. Without a renewal for `lease_seconds`, `check` refuses (503
+`region_fenced`) until a peer is heard again.
+
+A forced fail-over from region A to B *excludes* A: B stops waiting to hear A (with
+two regions it could not write otherwise), and A stays fenced from the moment it
+hears a beat that excludes it until a fail-over back to it lifts the exclusion,
+since its replica of the moved accounts' items may still be older than the move.
+The exclusion travels in B's own beats, so no beat that renews A's lease can miss it.
+
+That makes a forced fail-over safe to wait for: once nobody has heard region A for
+its lease time plus `IN_FLIGHT_SECONDS` (the longest a write that passed the check
+can still take to commit), A takes no more writes, whether it is down or alive and
+cut off. `wait_seconds` measures that from what the new home's replica holds: A's
+own beat, and the beat of A's that each other region last heard (a region still
+heard by a third one is not cut off, and is not failed over by force).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from ledger.errors import RegionFenced
+
+from .store import Heartbeat, HeartbeatStore
+
+DEFAULT_LEASE_SECONDS = 10.0
+# A write checks the lease before each attempt, and an attempt ends within the service's
+# retry budget (5 s) and botocore's timeouts: after this, nothing that passed is in flight.
+IN_FLIGHT_SECONDS = 10.0
+
+
+class Lease:
+    """One region's side of the lease: beat, listen, and refuse writes when no peer is heard."""
+
+    def __init__(
+        self,
+        region: str,
+        peers: Sequence[str],
+        store: HeartbeatStore,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.region = region
+        self.peers = [p for p in peers if p != region]
+        self.lease_seconds = lease_seconds
+        self._store = store
+        self._clock = clock
+        self._seen: dict[str, float] = {}  # peer -> its beat_at last read
+        self._renewed_at: float | None = None  # our newest beat that a peer echoed back (our clock)
+        self.excluded: frozenset[str] = frozenset()  # peers this region failed over from by force
+        self.excluded_by: set[str] = set()  # peers that failed over from this region by force
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        """Read the peers' beats, then beat: echoing what we heard, naming whom we excluded."""
+        beats, exclusions = self._store.read()
+        now = self._clock()
+        with self._lock:
+            self.excluded = frozenset(exclusions.get(self.region, set()))
+            self.excluded_by = {p for p, beat in beats.items() if p != self.region and self.region in beat.excluded}
+            for peer in self.peers:
+                beat = beats.get(peer)
+                if beat is None:
+                    continue
+                self._seen[peer] = beat.beat_at
+                echoed = beat.heard.get(self.region)  # a beat of ours, so dated by our clock
+                if peer not in self.excluded and echoed is not None and echoed > (self._renewed_at or -math.inf):
+                    self._renewed_at = echoed
+            heard = dict(self._seen)
+            excluded = self.excluded
+        self._store.beat(Heartbeat(self.region, now, self.lease_seconds, heard, excluded, self.fenced()))
+
+    def fenced(self) -> bool:
+        with self._lock:
+            if self.excluded_by:
+                return True
+            if all(peer in self.excluded for peer in self.peers):
+                return False  # one region, or its only peers failed over from: nobody to split from
+            return self._renewed_at is None or self._clock() - self._renewed_at > self.lease_seconds
+
+    def check(self) -> None:
+        """Raise `RegionFenced` while this region may not take guarded writes."""
+        if self.excluded_by:
+            raise RegionFenced(
+                f"{', '.join(sorted(self.excluded_by))} took this region's accounts over by a forced fail-over; "
+                f"{self.region} takes no writes until one fails back to it (`ledger regions failover --to {self.region}`)",
+                region=self.region,
+            )
+        if self.fenced():
+            raise RegionFenced(
+                f"{self.region} has heard from none of {', '.join(self.peers)} for {self.lease_seconds:g} s "
+                "and takes no writes until it does; retry, or write in another region",
+                region=self.region,
+            )
+
+    def run(self, stop: threading.Event, log: Callable[[str], None] = lambda message: None) -> None:
+        """Tick until `stop`, a few times per lease; a failed tick is one missed beat."""
+        interval = min(2.0, max(0.05, self.lease_seconds / 5))
+        was_fenced: bool | None = None
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - the store may be down; the lease then runs out
+                log(f"{self.region}: heartbeat failed ({type(exc).__name__}); the lease runs out if this lasts")
+            fenced = self.fenced()
+            if was_fenced is not None and fenced != was_fenced:
+                log(f"{self.region}: " + ("fenced: it takes no writes" if fenced else "lease renewed: it takes writes"))
+            was_fenced = fenced
+            stop.wait(interval)
+
+
+def silent_for(beats: dict[str, Heartbeat], region: str, now: float) -> float:
+    """Seconds since `region`'s newest beat that anyone holds (by its clock against `now`; infinite if none)."""
+    last = [beats[region].beat_at] if region in beats else []
+    last += [beat.heard[region] for name, beat in beats.items() if name != region and region in beat.heard]
+    return now - max(last) if last else math.inf
+
+
+def wait_seconds(beats: dict[str, Heartbeat], region: str, now: float, default_lease: float = DEFAULT_LEASE_SECONDS) -> float:
+    """How much longer until `region` has surely stopped writing (0: it has)."""
+    lease = beats[region].lease_seconds if region in beats else default_lease
+    return max(0.0, lease + IN_FLIGHT_SECONDS - silent_for(beats, region, now))

@@ -1,0 +1,143 @@
+"""The write lease: a region fences itself when no peer hears it, and a forced fail-over can wait for that.
+
+Each region's heartbeat store is its own replica; `Net.deliver` replicates every
+region's items to the others except across a cut, as the replicator would.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from failover.lease import IN_FLIGHT_SECONDS, Lease, silent_for, wait_seconds
+from failover.store import Heartbeat
+from ledger.errors import RegionFenced
+
+LEASE = 10.0
+
+
+class Net:
+    def __init__(self, names: list[str]) -> None:
+        self.now = 1_000.0
+        self.replicas: dict[str, dict[str, object]] = {n: {} for n in names}
+        self.cuts: set[tuple[str, str]] = set()
+        self.leases = {n: Lease(n, names, _Replica(self, n), LEASE, clock=lambda: self.now) for n in names}
+
+    def deliver(self) -> None:
+        for source, items in self.replicas.items():
+            for key in (source, "x#" + source):
+                if key in items:
+                    for dest in self.replicas:
+                        if dest != source and (source, dest) not in self.cuts:
+                            self.replicas[dest][key] = items[key]
+
+    def rounds(self, seconds: float, step: float = 1.0) -> None:
+        """Every region ticks, then replication delivers, once per `step` of simulated time."""
+        for _ in range(int(seconds / step)):
+            self.now += step
+            for lease in self.leases.values():
+                lease.tick()
+            self.deliver()
+
+
+class _Replica:
+    """HeartbeatStore's interface over one region's replica in `Net`."""
+
+    def __init__(self, net: Net, region: str) -> None:
+        self.net, self.region = net, region
+
+    def beat(self, heartbeat: Heartbeat) -> None:
+        self.net.replicas[self.region][heartbeat.region] = heartbeat
+
+    def set_exclusions(self, region: str, excluded: set[str]) -> None:
+        self.net.replicas[self.region]["x#" + region] = set(excluded)
+
+    def read(self):
+        items = self.net.replicas[self.region]
+        beats = {k: v for k, v in items.items() if not k.startswith("x#")}
+        return beats, {k[2:]: v for k, v in items.items() if k.startswith("x#")}
+
+
+@pytest.fixture
+def net() -> Net:
+    net = Net(["a", "b"])
+    net.rounds(3)
+    return net
+
+
+def test_regions_that_hear_each_other_take_writes(net):
+    assert not any(lease.fenced() for lease in net.leases.values())
+    net.leases["a"].check()
+
+
+def test_a_region_that_has_not_been_heard_yet_takes_no_writes():
+    net = Net(["a", "b"])
+    with pytest.raises(RegionFenced):
+        net.leases["a"].check()
+
+
+def test_a_partition_fences_both_sides_after_the_lease_and_healing_lifts_it(net):
+    net.cuts = {("a", "b"), ("b", "a")}
+    net.rounds(LEASE - 2)
+    assert not net.leases["a"].fenced(), "fenced before its lease ran out"
+    net.rounds(3)
+    assert net.leases["a"].fenced() and net.leases["b"].fenced()
+    with pytest.raises(RegionFenced) as refused:
+        net.leases["a"].check()
+    assert refused.value.code == "region_fenced"
+    net.cuts = set()
+    net.rounds(3)
+    assert not any(lease.fenced() for lease in net.leases.values())
+
+
+def test_a_one_way_cut_fences_both_sides_since_renewal_is_a_round_trip(net):
+    net.cuts = {("b", "a")}  # a's beats reach b; b's never reach a, so b's echoes of a are lost too
+    net.rounds(LEASE + 2)
+    assert net.leases["a"].fenced() and net.leases["b"].fenced()
+
+
+def test_a_region_still_heard_by_a_third_keeps_its_lease_and_cannot_be_failed_over_by_force():
+    net = Net(["a", "b", "c"])
+    net.rounds(3)
+    net.cuts = {("a", "b"), ("b", "a")}
+    net.rounds(LEASE + IN_FLIGHT_SECONDS + 5)
+    assert not net.leases["a"].fenced(), "a hears c"
+    beats, _ = _Replica(net, "b").read()
+    assert wait_seconds(beats, "a", net.now) > 0, "b would take a's accounts while a still writes them"
+
+
+def test_a_forced_fail_over_waits_until_nobody_heard_the_old_home_for_its_lease_and_in_flight_time():
+    net = Net(["a", "b", "c"])
+    net.rounds(3)
+    net.cuts = {(x, y) for x in "abc" for y in "abc" if "a" in (x, y) and x != y}
+    cut_at = net.now
+    beats, _ = _Replica(net, "b").read()
+    assert wait_seconds(beats, "a", net.now) > LEASE
+    net.rounds(LEASE + 1)
+    assert net.leases["a"].fenced(), "a, cut off from everyone, fenced itself"
+    assert not net.leases["b"].fenced(), "b and c hear each other"
+    net.rounds(IN_FLIGHT_SECONDS)
+    beats, _ = _Replica(net, "b").read()
+    assert wait_seconds(beats, "a", net.now) == 0
+    assert silent_for(beats, "a", net.now) >= net.now - cut_at - 1
+
+
+def test_an_excluded_region_stays_fenced_though_it_hears_peers_until_the_exclusion_is_lifted(net):
+    net.cuts = {("a", "b"), ("b", "a")}
+    net.rounds(LEASE + IN_FLIGHT_SECONDS + 1)
+    _Replica(net, "b").set_exclusions("b", {"a"})
+    net.rounds(2)
+    assert not net.leases["b"].fenced(), "b failed a over by force: it no longer waits to hear it"
+    net.cuts = set()
+    net.rounds(3)
+    assert net.leases["a"].fenced(), "a took writes again for accounts b took over"
+    with pytest.raises(RegionFenced, match="forced fail-over"):
+        net.leases["a"].check()
+    _Replica(net, "b").set_exclusions("b", set())
+    net.rounds(3)
+    assert not net.leases["a"].fenced()
+
+
+def test_nobody_ever_heard_is_silent_forever():
+    assert silent_for({}, "a", 5.0) == math.inf
