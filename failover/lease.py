@@ -9,11 +9,13 @@ region cut off from the others stops hearing them exactly when its writes stop
 reaching them. Without a renewal for `lease_seconds`, `check` refuses (503
 `region_fenced`) until a peer is heard again.
 
-A forced fail-over from region A to B *excludes* A: B stops waiting to hear A (with
-two regions it could not write otherwise), and A stays fenced from the moment it
-hears a beat that excludes it until a fail-over back to it lifts the exclusion,
-since its replica of the moved accounts' items may still be older than the move.
-The exclusion travels in B's own beats, so no beat that renews A's lease can miss it.
+A forced fail-over from region A to B *excludes* A: no region waits to hear A any
+more (with two regions B could not write otherwise), and A stays fenced from the
+moment it hears a beat that excludes it until a fail-over back to it lifts the
+exclusion, since its replica of the moved accounts' items may still be older than
+the move. The exclusion travels in B's own beats, and a region whose lease lapsed
+(A, cut off) is renewed only once *every* peer has heard it again, B included: so
+A cannot take writes again before it has seen B's exclusion.
 
 That makes a forced fail-over safe to wait for: once nobody has heard region A for
 its lease time plus `IN_FLIGHT_SECONDS` (the longest a write that passed the check
@@ -58,9 +60,11 @@ class Lease:
         self._store = store
         self._clock = clock
         self._seen: dict[str, float] = {}  # peer -> its beat_at last read
-        self._renewed_at: float | None = None  # our newest beat that a peer echoed back (our clock)
+        self._echoes: dict[str, float] = {}  # peer -> our newest beat it echoed back (our clock)
+        self._lapsed = True  # from the start, and after a lapse: renewed only once every peer is heard
         self.excluded: frozenset[str] = frozenset()  # peers this region failed over from by force
         self.excluded_by: set[str] = set()  # peers that failed over from this region by force
+        self._out: set[str] = set()  # peers anyone failed over from: nobody waits to hear them
         self._lock = threading.Lock()
 
     def tick(self) -> None:
@@ -70,25 +74,35 @@ class Lease:
         with self._lock:
             self.excluded = frozenset(exclusions.get(self.region, set()))
             self.excluded_by = {p for p, beat in beats.items() if p != self.region and self.region in beat.excluded}
+            self._out = set(self.excluded).union(*(b.excluded for p, b in beats.items() if p != self.region))
             for peer in self.peers:
                 beat = beats.get(peer)
                 if beat is None:
                     continue
                 self._seen[peer] = beat.beat_at
                 echoed = beat.heard.get(self.region)  # a beat of ours, so dated by our clock
-                if peer not in self.excluded and echoed is not None and echoed > (self._renewed_at or -math.inf):
-                    self._renewed_at = echoed
+                if echoed is not None and echoed > self._echoes.get(peer, -math.inf):
+                    self._echoes[peer] = echoed
+            self._lapsed = self._fenced_now(now)
             heard = dict(self._seen)
             excluded = self.excluded
         self._store.beat(Heartbeat(self.region, now, self.lease_seconds, heard, excluded, self.fenced()))
 
     def fenced(self) -> bool:
         with self._lock:
-            if self.excluded_by:
-                return True
-            if all(peer in self.excluded for peer in self.peers):
-                return False  # one region, or its only peers failed over from: nobody to split from
-            return self._renewed_at is None or self._clock() - self._renewed_at > self.lease_seconds
+            return self._fenced_now(self._clock())
+
+    def _fenced_now(self, now: float) -> bool:
+        """Held while a peer echoed a beat of ours within the lease time; after a lapse (or at the start),
+        only once every peer has: a region back from a split hears, before it writes again, every peer
+        that may have failed it over by force (the exclusion travels in that peer's own beats)."""
+        if self.excluded_by:
+            return True
+        required = [p for p in self.peers if p not in self._out]
+        if not required:
+            return False  # one region, or its only peers were failed over from: nobody to split from
+        fresh = [p for p in required if now - self._echoes.get(p, -math.inf) <= self.lease_seconds]
+        return len(fresh) < len(required) if self._lapsed else not fresh
 
     def check(self) -> None:
         """Raise `RegionFenced` while this region may not take guarded writes."""
@@ -128,7 +142,17 @@ def silent_for(beats: dict[str, Heartbeat], region: str, now: float) -> float:
     return now - max(last) if last else math.inf
 
 
-def wait_seconds(beats: dict[str, Heartbeat], region: str, now: float, default_lease: float = DEFAULT_LEASE_SECONDS) -> float:
-    """How much longer until `region` has surely stopped writing (0: it has)."""
+def wait_seconds(
+    beats: dict[str, Heartbeat], region: str, now: float, asking: str, default_lease: float = DEFAULT_LEASE_SECONDS
+) -> float:
+    """How much longer until `region` has surely stopped writing (0: it has), as `asking` can tell.
+
+    Every third region must be heard by `asking` right now (its beat fresh within its
+    lease): one that is not might still be hearing `region`, and that cannot be told
+    apart from silence (infinite: wait for a heal, or override).
+    """
+    for name, beat in beats.items():
+        if name not in (region, asking) and now - beat.beat_at > beat.lease_seconds:
+            return math.inf
     lease = beats[region].lease_seconds if region in beats else default_lease
     return max(0.0, lease + IN_FLIGHT_SECONDS - silent_for(beats, region, now))

@@ -25,6 +25,8 @@ from typing import Any
 import boto3
 
 from composition.root import Root
+from failover.lease import Lease
+from failover.store import HeartbeatStore
 from ledger.config import Settings
 from ledger.events import Event
 from ledger.fold import Totals
@@ -61,6 +63,7 @@ class World:
     state_dir: Path
     seed: int
     lag: Lag = field(default_factory=Lag)
+    lease_seconds: float | None = None  # each region holds a write lease (failover.lease) on the simulated clock
     regions: dict[str, SimRegion] = field(default_factory=dict)
     now: float = 1_000_000.0  # the simulation's clock, in seconds
 
@@ -80,7 +83,11 @@ class World:
         ensure_tables(plain, settings)
         clock = HybridClock()
         stamped = Stamper(name, settings.tables.replicated, clock).attach(_client("dynamodb", name))
-        root = Root(settings, client=stamped)
+        lease = None
+        if self.lease_seconds is not None:
+            beats = HeartbeatStore(stamped, settings.tables.regions)
+            lease = Lease(name, self.names, beats, self.lease_seconds, clock=lambda: self.now)
+        root = Root(settings, client=stamped, lease=lease)
         return SimRegion(name, root, plain, self._projector(root), clock)
 
     def _projector(self, root: Root) -> StreamPoller:
@@ -117,6 +124,25 @@ class World:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+    def tick(self, name: str | None = None) -> None:
+        """The regions' heartbeats (with leases): read the peers', beat."""
+        for region in [self.regions[name]] if name else self.regions.values():
+            if region.root.lease is not None:
+                region.root.lease.tick()
+
+    def hold_leases(self, max_rounds: int = 20) -> None:
+        """Beat and replicate until every region holds its lease (as `serve --regions` does before it is ready)."""
+        def waiting() -> list[str]:  # a region failed over from by force waits for its readmission, not this
+            return [n for n, r in self.regions.items() if r.root.lease is not None and r.root.lease.fenced() and not r.root.lease.excluded_by]
+
+        for _ in range(max_rounds):
+            if not waiting():
+                return
+            self.tick()
+            self.advance(self.lag.fixed_ms / 1000 + self.lag.jitter_ms / 1000 + 0.001)
+            self.replicator.step()
+        raise AssertionError(f"seed {self.seed}: {waiting()} did not hold their leases after {max_rounds} rounds")
 
     def project(self, name: str | None = None) -> None:
         for region in [self.regions[name]] if name else self.regions.values():

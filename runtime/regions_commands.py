@@ -372,9 +372,12 @@ def _forced(move: Move, phases: _Phases, args: argparse.Namespace) -> list[str]:
 
         def lease_running() -> set[str]:
             beats, _ = target.heartbeats.read()
-            return {move.source_name} if wait_seconds(beats, move.source_name, time.time()) > 0 else set()
+            return {move.source_name} if wait_seconds(beats, move.source_name, time.time(), move.target_name) > 0 else set()
 
-        phases.run("lease", lease_running, timeout=args.timeout, what=f"{move.source_name} is still heard (by {move.target_name} or a third region)")
+        phases.run(
+            "lease", lease_running, timeout=args.timeout,
+            what=f"{move.source_name} may still be heard (by {move.target_name}, or by a region {move.target_name} cannot hear itself)",
+        )  # fmt: skip
     _, exclusions = target.heartbeats.read()
     target.heartbeats.set_exclusions(move.target_name, exclusions.get(move.target_name, set()) | {move.source_name})
     print(f"exclude: {move.target_name} no longer waits to hear {move.source_name}; {move.source_name} stays fenced once it hears this", flush=True)

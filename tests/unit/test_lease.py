@@ -104,7 +104,7 @@ def test_a_region_still_heard_by_a_third_keeps_its_lease_and_cannot_be_failed_ov
     net.rounds(LEASE + IN_FLIGHT_SECONDS + 5)
     assert not net.leases["a"].fenced(), "a hears c"
     beats, _ = _Replica(net, "b").read()
-    assert wait_seconds(beats, "a", net.now) > 0, "b would take a's accounts while a still writes them"
+    assert wait_seconds(beats, "a", net.now, "b") > 0, "b would take a's accounts while a still writes them"
 
 
 def test_a_forced_fail_over_waits_until_nobody_heard_the_old_home_for_its_lease_and_in_flight_time():
@@ -113,13 +113,13 @@ def test_a_forced_fail_over_waits_until_nobody_heard_the_old_home_for_its_lease_
     net.cuts = {(x, y) for x in "abc" for y in "abc" if "a" in (x, y) and x != y}
     cut_at = net.now
     beats, _ = _Replica(net, "b").read()
-    assert wait_seconds(beats, "a", net.now) > LEASE
+    assert wait_seconds(beats, "a", net.now, "b") > LEASE
     net.rounds(LEASE + 1)
     assert net.leases["a"].fenced(), "a, cut off from everyone, fenced itself"
     assert not net.leases["b"].fenced(), "b and c hear each other"
     net.rounds(IN_FLIGHT_SECONDS)
     beats, _ = _Replica(net, "b").read()
-    assert wait_seconds(beats, "a", net.now) == 0
+    assert wait_seconds(beats, "a", net.now, "b") == 0
     assert silent_for(beats, "a", net.now) >= net.now - cut_at - 1
 
 
@@ -141,3 +141,28 @@ def test_an_excluded_region_stays_fenced_though_it_hears_peers_until_the_exclusi
 
 def test_nobody_ever_heard_is_silent_forever():
     assert silent_for({}, "a", 5.0) == math.inf
+
+
+def test_a_forced_fail_over_cannot_tell_silence_from_a_third_region_it_does_not_hear():
+    net = Net(["a", "b", "c"])
+    net.rounds(3)
+    net.cuts = {("a", "b"), ("b", "a"), ("c", "b"), ("b", "c")}  # a and c still hear each other
+    net.rounds(LEASE + IN_FLIGHT_SECONDS + 5)
+    assert not net.leases["a"].fenced()
+    beats, _ = _Replica(net, "b").read()
+    assert wait_seconds(beats, "a", net.now, "b") == math.inf
+
+
+def test_a_region_back_from_a_split_writes_again_only_once_every_peer_heard_it():
+    """Else, healed towards c first, it could write accounts b took over before b's exclusion reached it."""
+    net = Net(["a", "b", "c"])
+    net.rounds(3)
+    net.cuts = {(x, y) for x in "abc" for y in "abc" if "a" in (x, y) and x != y}
+    net.rounds(LEASE + 2)
+    assert net.leases["a"].fenced()
+    net.cuts = {("a", "b"), ("b", "a")}  # a and c hear each other again; b still cut off from a
+    net.rounds(3)
+    assert net.leases["a"].fenced(), "renewed by c alone after a lapse"
+    net.cuts = set()
+    net.rounds(3)
+    assert not net.leases["a"].fenced()
