@@ -9,10 +9,13 @@ replication lag 0 + 0 ms, so what is measured is the replicator's own delay) and
 2. partitions both directions for `--partition-seconds` while writing at the same
    rate, heals, and times how long until `ledger regions compare` finds the
    regions equal;
-3. works out write units per write with replication counted, from the exact items
+3. times from the heal until `ledger regions reconcile` is clean, then a planned
+   `ledger regions failover` of a busy account at the same rate (its phases, and
+   what the writer was answered meanwhile);
+4. works out write units per write with replication counted, from the exact items
    a credit and a transfer store (every replica pays a replicated write unit per KB
    of each item; transactions cost two per KB in the home region only);
-4. runs the lost-increment scenario on the simulation's replicator (moto): a
+5. runs the lost-increment scenario on the simulation's replicator (moto): a
    counter kept with ADD on a replicated item in both regions, beside the ledger's
    balances, under the same schedule.
 
@@ -83,7 +86,7 @@ def live_figures(args: argparse.Namespace) -> None:
     log = data_dir.with_name("serve.log")
     process = subprocess.Popen(
         [LEDGER, "serve", "--regions", ",".join(REGIONS), "--lag-ms", "0", "--jitter-ms", "0", "--port", str(args.port),
-         "--data-dir", str(data_dir)],
+         "--data-dir", str(data_dir), "--lease-seconds", "300"],  # a lease longer than the partition: 2 measures convergence
         stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -111,10 +114,55 @@ def live_figures(args: argparse.Namespace) -> None:
         verdict = "equal" if compared.returncode == 0 else "NOT EQUAL: " + compared.stdout[-300:]
         print(f"2. a partition of {args.partition_seconds:g} s at {args.rate:g} writes/s ({acked} credits on both sides):"
               f" {took:.1f} s from heal to every region {verdict}")  # fmt: skip
+        reconciled = regions(data_dir, "reconcile", "--timeout", "120")
+        print(f"   {time.monotonic() - healed:.1f} s from heal to `regions reconcile` clean (exit {reconciled.returncode}: "
+              f"{reconciled.stdout.strip().splitlines()[-1] if reconciled.stdout.strip() else reconciled.stderr.strip()})")  # fmt: skip
+        failover_figures(apis, data_dir, args.rate)
         write_units(data_dir)
     finally:
         process.send_signal(2)
         process.wait(timeout=60)
+
+
+def failover_figures(apis: dict[str, str], data_dir: Path, rate: float) -> None:
+    """A planned fail-over of us-east-1's account while a client writes to it at `rate`, routed as a router would."""
+    answers: dict[str, int] = {}
+    stop = threading.Event()
+    home = ["us-east-1"]
+
+    def client() -> None:
+        n, start = 0, time.monotonic()
+        while not stop.is_set():
+            n += 1
+            key = f"moving-{n}"
+            while not stop.is_set():  # the same key until it is recorded
+                request = urllib.request.Request(f"{apis[home[0]]}/accounts/acct-us-east-1/credits", json.dumps({"amount": 1, "currency": "EUR"}).encode(),
+                                                 {"Content-Type": "application/json", "Idempotency-Key": key}, method="POST")  # fmt: skip
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:
+                        answers["201"] = answers.get("201", 0) + 1
+                        break
+                except urllib.error.HTTPError as refused:
+                    body = json.load(refused)
+                    answers[f"{refused.code} {body['code']}"] = answers.get(f"{refused.code} {body['code']}", 0) + 1
+                    if refused.code == 421:
+                        home[0] = body["home_region"]
+                    else:
+                        time.sleep(0.05)
+            time.sleep(max(0.0, start + n / rate - time.monotonic()))
+
+    writer = threading.Thread(target=client)
+    writer.start()
+    time.sleep(2)
+    began = time.monotonic()
+    moved = regions(data_dir, "failover", "--from", "us-east-1", "--to", "eu-west-1", "--accounts", "acct-us-east-1")
+    took = time.monotonic() - began
+    time.sleep(2)
+    stop.set()
+    writer.join()
+    phases = [line for line in moved.stdout.splitlines() if ": done in" in line]
+    print(f"3. a planned fail-over of one account written at {rate:g} writes/s: {took:.2f} s for the command "
+          f"({'; '.join(phases)}); answers to the writer meanwhile and 2 s either side: {answers}")
 
 
 def write_units(data_dir: Path) -> None:
@@ -137,7 +185,7 @@ def write_units(data_dir: Path) -> None:
     home_units = sum(2 * kb_units(item_size(item)) for item in items.values()) + indexes
     replica_units = sum(kb_units(item_size(item)) for item in items.values()) + indexes
     sizes = ", ".join(f"{name} {item_size(item)} B" for name, item in items.items())
-    print(f"3. write units of one credit ({sizes}; stamps included):")
+    print(f"4. write units of one credit ({sizes}; stamps included):")
     for count in (1, 2, 3):
         print(f"   {count} region(s): {home_units + (count - 1) * replica_units} WCU "
               f"(home {home_units} transactional, each other replica {replica_units} replicated)")  # fmt: skip
@@ -172,7 +220,7 @@ def lost_increments() -> None:
         world.settle()
         counter = int(world.items(REGIONS[0], "accounts")["naive-counter"]["balance"]["N"])
         views = [world.balances(name)["shared"].balance for name in REGIONS]
-        print(f"4. {2 * increments} increments, both regions at once (replication every 5): the naive ADD counter kept "
+        print(f"5. {2 * increments} increments, both regions at once (replication every 5): the naive ADD counter kept "
               f"{counter} ({2 * increments - counter} lost); the ledger's balance kept {views[0]} of {increments} "
               f"credits in each region ({increments - min(views)} lost)")  # fmt: skip
 

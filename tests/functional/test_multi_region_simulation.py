@@ -82,7 +82,7 @@ def moto(moto_dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
 
 
-@settings(max_examples=examples(int(os.environ.get("SIM_SCHEDULES", "25"))), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(int(os.environ.get("SIM_SCHEDULES", "20"))), deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 2**32 - 1))
 def test_every_region_converges_whatever_the_schedule(moto, tmp_path, seed):
     note(f"replay with SIM_SEED={seed}")
@@ -106,7 +106,7 @@ def _add(client: Any, table: str, amount: int) -> None:
     )
 
 
-@settings(max_examples=examples(int(os.environ.get("SIM_FAILOVER_SCHEDULES", "10"))), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(int(os.environ.get("SIM_FAILOVER_SCHEDULES", "6"))), deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(["lease", "override"]))
 def test_fail_overs_in_the_middle_of_everything_keep_one_writer_and_reconcile_names_the_rest(moto, tmp_path, seed, mode):
     """Planned and forced moves among random writes, partitions and crashes. With the lease honoured no
