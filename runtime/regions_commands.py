@@ -309,7 +309,7 @@ def _planned(move: Move, phases: _Phases, args: argparse.Namespace) -> list[str]
     _readmit(source, target, phases, args.timeout)
     chosen = move.select(source.event_store.accounts())
     ids = [a.account_id for a in chosen]
-    print(f"fence: {len(ids)} account(s) in {move.source_name}; from now on it refuses their writes (421 naming {move.target_name})", flush=True)
+    print(f"fence: {len(ids)} account(s) in {move.source_name}; from now on both regions refuse their writes (503 account_moving) until the open", flush=True)
 
     def fence(account_id: str) -> bool:
         account = source.event_store.get_account(account_id)
