@@ -10,6 +10,7 @@ opens no connection and a Lambda that only projects never builds the API's parts
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
@@ -42,6 +43,8 @@ class Root:
     region_urls: dict[str, str] = field(default_factory=dict)
     # This region's write lease, when it runs among peers (serve --regions); writes check it.
     lease: Lease | None = None
+    # Refuses writes while this region may not take them for another reason (a region still joining).
+    admission: Callable[[], None] | None = None
 
     @classmethod
     def from_environment(cls) -> Root:
@@ -63,8 +66,14 @@ class Root:
             idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
             cursors=self.cursors,
             regions=self.settings.regions,
-            write_gate=self.lease.check if self.lease else lambda: None,
+            write_gate=self._write_gate,
         )
+
+    def _write_gate(self) -> None:
+        if self.admission is not None:
+            self.admission()
+        if self.lease is not None:
+            self.lease.check()
 
     @cached_property
     def cursors(self) -> CursorCodec:

@@ -67,6 +67,12 @@ class Lease:
         self._out: set[str] = set()  # peers anyone failed over from: nobody waits to hear them
         self._lock = threading.Lock()
 
+    def add_peer(self, region: str) -> None:
+        """A region joined: echo its beats (its lease needs them) and count it among the peers."""
+        with self._lock:
+            if region != self.region and region not in self.peers:
+                self.peers = [*self.peers, region]
+
     def tick(self) -> None:
         """Read the peers' beats, then beat: echoing what we heard, naming whom we excluded."""
         beats, exclusions = self._store.read()

@@ -171,6 +171,11 @@ class Ledger:
         self._epochs: dict[str, int] = {}  # accounts' write epochs as last seen; learned from refusals
         self._remote: dict[str, int] = {}  # credit legs' accounts homed in other regions, as last seen
 
+    def add_region(self, region: str) -> None:
+        """A region joined the deployment: accounts may be homed there from now on."""
+        if region not in self._regions:
+            self._regions = (*self._regions, region)
+
     # -- writes -----------------------------------------------------------------
 
     def open_account(self, caller: Caller, request: OpenAccountRequest) -> Outcome:

@@ -125,6 +125,25 @@ class Replicator:
     def heal(self, source: str | None = None, dest: str | None = None) -> None:
         self.partitions = {(s, d) for s, d in self.partitions if not ((source in (None, s)) and (dest in (None, d)))}
 
+    def add_region(self, region: Region) -> None:
+        """From the next capture on, every region's writes are shipped to `region` too (call from the stepping thread)."""
+        self.regions[region.name] = region
+
+    def backfill(self, dest: str, source: str, logical: str, start: dict[str, Any] | None, limit: int = 100) -> tuple[int, dict[str, Any] | None]:
+        """Copy one page of `source`'s replica of a ledger table to `dest`, as shipments: last-writer-wins by
+        the original write time, so a newer version already delivered is never overwritten (and an event is
+        written once). Returns how many items, and where the next page starts (None: done)."""
+        request: dict[str, Any] = {"TableName": self._tables[logical], "Limit": limit, "ConsistentRead": True}
+        if start:
+            request["ExclusiveStartKey"] = start
+        page = self.regions[source].client.scan(**request)
+        keys = {"events": ("entity_id", "event_id"), "accounts": ("account_id",), "idempotency": ("idempotency_id",)}[logical]
+        for item in page.get("Items", []):
+            time_us, origin = stamp_of(item) or (0, source)
+            key = {name: item[name] for name in keys}
+            self._apply(Shipment(0, source, dest, logical, key, "put", item, time_us, origin, 0.0))
+        return len(page.get("Items", [])), page.get("LastEvaluatedKey")
+
     # -- capture --------------------------------------------------------------------------
 
     def capture(self, region: str | None = None) -> int:

@@ -195,8 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     settle.add_argument("--repair", action="store_true", help="act: recompute guards, reverse duplicates, record reviews")
     settle.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for replication to drain (default 60)")
+    join = region_commands.add_parser("add", help="add a region to the running serve while writes go on (backfilled, then compared)")
+    join.add_argument("region", help="the new region's name, e.g. ap-southeast-1")
+    join.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for it to join (default 300)")
     commands_by_name = [(region_status, "status"), (cut, "partition"), (mend, "heal"), (delay, "lag"), (same, "compare")]
-    for command, handler in [*commands_by_name, (move, "failover"), (settle, "reconcile")]:
+    for command, handler in [*commands_by_name, (move, "failover"), (settle, "reconcile"), (join, "add")]:
         _data_dir_option(command)
         command.set_defaults(handler=_regions(handler))
 

@@ -44,6 +44,7 @@ from .dynamodb_local import DynamoDBLocal
 from .http_server import create_server
 from .journal import WriteJournal
 from .poller import PollerConfig, StreamPoller, stream_arn_of
+from .region_join import Joiner, read_added
 from .tables import ensure_tables
 
 REPLICATION_DIR = "replication"
@@ -100,6 +101,7 @@ def serve_regions(
     data_dir = data_dir.resolve()
     replication_dir = data_dir / REPLICATION_DIR
     replication_dir.mkdir(parents=True, exist_ok=True)
+    names = [*names, *[n for n in read_added(replication_dir) if n not in names]]  # joined by `regions add` before
     urls = {name: f"http://{host}:{port + i}" for i, name in enumerate(names)}
     crashed = threading.Event()
     with ExitStack() as stack:
@@ -121,21 +123,33 @@ def serve_regions(
             for region in regions:
                 region.projector = _start_projector(stack, region, data_dir / region.name)
         stop = threading.Event()
-        loop = threading.Thread(target=_control_loop, args=(replicator, regions, replication_dir, stop), daemon=True)
+
+        def start_joining(name: str) -> tuple[ServedRegion, Region]:
+            urls[name] = f"http://{host}:{port + len(urls)}"
+            return _start_region(stack, settings, name, [*urls], data_dir, urls, allow_exposed_dynamodb, crashed, lease_seconds)
+
+        def open_joined(region: ServedRegion) -> None:
+            if projector:
+                region.projector = _start_projector(stack, region, data_dir / region.name)
+            for other in regions:
+                other.lease.add_peer(region.name)
+                other.root.ledger.add_region(region.name)
+            _start_lease(stack, region, stop)
+            _start_api(stack, region, settings, host)
+            regions.append(region)
+            state.regions[region.name] = _published(region)  # type: ignore[index]
+            state.write(data_dir)
+
+        joiner = Joiner(start_joining, open_joined, replication_dir, _say, stop)
+        loop = threading.Thread(target=_control_loop, args=(replicator, regions, replication_dir, stop, joiner), daemon=True)
         loop.start()
         stack.callback(loop.join, 10)
         stack.callback(stop.set)
         for region in regions:
-            beat = threading.Thread(target=region.lease.run, args=(stop, _say), name=f"lease-{region.name}", daemon=True)
-            beat.start()
-            stack.callback(beat.join, 5)
+            _start_lease(stack, region, stop)
         _await_leases(regions, deadline=time.monotonic() + max(30.0, 3 * lease_seconds))
-        for i, region in enumerate(regions):
-            server = create_server(create_app(region.root), Config(chalice_stage=settings.stage), host, port + i)
-            thread = threading.Thread(target=server.serve_forever, name=f"api-{region.name}", daemon=True)
-            thread.start()
-            stack.callback(server.server_close)
-            stack.callback(server.shutdown)
+        for region in regions:
+            _start_api(stack, region, settings, host)
         state = discovery.ServeState(
             pid=os.getpid(),
             endpoint_url=regions[0].database.endpoint_url,
@@ -144,11 +158,7 @@ def serve_regions(
             region=regions[0].name,
             journal=str(regions[0].journal.path),
             dynamodb_pid=regions[0].database.pid,
-            regions={
-                r.name: {"endpoint_url": r.database.endpoint_url, "api_url": r.api_url, "journal": str(r.journal.path),
-                         "dynamodb_pid": str(r.database.pid)}
-                for r in regions
-            },  # fmt: skip
+            regions={r.name: _published(r) for r in regions},
         )
         state.write(data_dir)
         stack.callback(discovery.remove, data_dir)
@@ -202,6 +212,31 @@ def _start_region(
     return served, Region(name, plain, streams_client(local), clock)
 
 
+def _published(region: ServedRegion) -> dict[str, str]:
+    """What serve.json says of a region, for the operator's commands."""
+    return {
+        "endpoint_url": region.database.endpoint_url,
+        "api_url": region.api_url,
+        "journal": str(region.journal.path),
+        "dynamodb_pid": str(region.database.pid),
+    }
+
+
+def _start_lease(stack: ExitStack, region: ServedRegion, stop: threading.Event) -> None:
+    beat = threading.Thread(target=region.lease.run, args=(stop, _say), name=f"lease-{region.name}", daemon=True)
+    beat.start()
+    stack.callback(beat.join, 5)
+
+
+def _start_api(stack: ExitStack, region: ServedRegion, settings: Settings, host: str) -> None:
+    port = int(region.api_url.rsplit(":", 1)[1])
+    server = create_server(create_app(region.root), Config(chalice_stage=settings.stage), host, port)
+    thread = threading.Thread(target=server.serve_forever, name=f"api-{region.name}", daemon=True)
+    thread.start()
+    stack.callback(server.server_close)
+    stack.callback(server.shutdown)
+
+
 def _await_leases(regions: list[ServedRegion], deadline: float) -> None:
     """Until every region heard a peer (so that the ready line means writable), or the deadline."""
     while any(region.lease.fenced() for region in regions) and time.monotonic() < deadline:
@@ -243,15 +278,17 @@ def _start_projector(stack: ExitStack, region: ServedRegion, directory: Path) ->
     return poller
 
 
-def _control_loop(replicator: Replicator, regions: list[ServedRegion], directory: Path, stop: threading.Event) -> None:
-    """Step the replicator; apply the control file; publish the status once a second."""
+def _control_loop(replicator: Replicator, regions: list[ServedRegion], directory: Path, stop: threading.Event, joiner: Joiner) -> None:
+    """Step the replicator; apply the control file (and join the regions it asks for); publish the status."""
     seen_control: dict[str, Any] | None = None
     next_status = 0.0
     while not stop.is_set():
         try:
+            joiner.register_pending(replicator)
             control = read_control(directory)
             if control != seen_control:
                 seen_control = control
+                joiner.request(list(control.get("add", [])), set(replicator.regions), replicator)
                 replicator.partitions = {tuple(pair) for pair in control.get("partitions", [])}  # type: ignore[misc]
                 lag = control.get("lag") or {}
                 replicator.lag = Lag(float(lag.get("fixed_ms", replicator.lag.fixed_ms)), float(lag.get("jitter_ms", replicator.lag.jitter_ms)))
@@ -259,7 +296,7 @@ def _control_loop(replicator: Replicator, regions: list[ServedRegion], directory
             now = time.time()
             if now >= next_status:
                 next_status = now + 0.5
-                write_json(directory / STATUS_FILE, _status(replicator, regions, now))
+                write_json(directory / STATUS_FILE, {**_status(replicator, regions, now), "joining": dict(joiner.joining)})
         except Exception as exc:  # noqa: BLE001 - the loop must survive a region's hiccup
             _say(f"replicator: {type(exc).__name__}: {exc}; retrying")
             moved = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -138,6 +139,9 @@ def status(args: argparse.Namespace) -> int:
         if projection.get("excluded"):
             writes += f" (excludes {', '.join(projection['excluded'])})"
         print(f"{region:<20} {'caught up' if projection['caught_up'] else 'behind':<12} {projection['lag_ms']:>6.0f} ms  {mark_text:<22} {writes}")
+    for name, info in published.get("joining", {}).items():
+        if info["phase"] != "ready":
+            print(f"{name} joining: {info['phase']}, {info['backfilled']} items backfilled")
     print("drained" if published.get("drained") else "replication in flight")
     return 0
 
@@ -433,3 +437,42 @@ def _emit_metrics(counts: Counter) -> None:
         metrics.add_metric(name=f"ReconcileFindings_{kind}", unit=MetricUnit.Count, value=counts.get(kind, 0))
     print(json.dumps(metrics.serialize_metric_set(), separators=(",", ":")), file=sys.stderr)
     metrics.clear_metrics()
+
+
+# -- adding a region ---------------------------------------------------------------------
+
+
+def add(args: argparse.Namespace) -> int:
+    state, directory = _served(args)
+    name = args.region
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}", name):
+        raise RegionsError(f"{name!r} is not a region name such as ap-southeast-1")
+    if name in (state.regions or {}):
+        raise RegionsError(f"{name} is a region of this serve already")
+    requested = time.time()
+    _update_control(directory, lambda control: control.update(add=sorted({*control.get("add", []), name})))
+    print(f"adding {name}: its DynamoDB and tables, new writes queued for it, a backfill from every region, "
+          f"its projector, a digest comparison; it takes writes once that agrees", flush=True)  # fmt: skip
+    deadline = time.monotonic() + args.timeout
+    said = None
+    while time.monotonic() < deadline:
+        try:
+            published = _status(directory)
+        except RegionsError:
+            published = {}
+        info = published.get("joining", {}).get(name) if published.get("at", 0) > requested else None
+        if info:
+            line = f"{info['phase']} ({info['backfilled']} items backfilled)"
+            if line != said:
+                print(line, flush=True)
+                said = line
+            if info["phase"] == "ready":
+                took = info["ready_at"] - info["started_at"]
+                rate = info["backfilled"] / info["backfill_seconds"] if info.get("backfill_seconds") else 0.0
+                print(f"{name} joined in {took:.1f} s: {info['backfilled']} items backfilled in {info['backfill_seconds']} s "
+                      f"({rate:.0f} items/s); accounts may be homed there now")  # fmt: skip
+                return 0
+            if info["phase"].startswith("failed"):
+                raise RegionsError(f"{name} could not join: {info['phase']}")
+        time.sleep(0.2)
+    raise RegionsError(f"{name} had not joined after {args.timeout:g} s (last: {said or 'not started'})")

@@ -187,3 +187,49 @@ def test_a_forced_fail_over_during_a_partition_waits_out_the_lease_then_heals_an
         assert router.homes["e1"] == EAST
     finally:
         assert served.stop() == 0, "".join(served.output[-20:])
+
+
+def test_a_region_added_while_writes_go_on_holds_everything_and_then_homes_accounts(data_dir: Path) -> None:
+    served = Served(data_dir, "--regions", f"{EAST},{WEST}", "--lag-ms", "20", "--jitter-ms", "30")
+    homes = {"e1": EAST, "w1": WEST}
+    try:
+        _open(served, homes)
+        router = Router(served, homes)
+        stop = threading.Event()
+        sent = Counter()
+
+        def write(account: str) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                if router.credit(account, 1 + n % 5, f"{account}-{n}", time.monotonic() + 60) != 201:
+                    return
+                sent[account] += 1
+                time.sleep(0.1)  # a steady load (about 15 writes/s in all), not a saturating one
+
+        writers = [threading.Thread(target=write, args=(a,)) for a in homes]
+        for writer in writers:
+            writer.start()
+        while min(sent.values(), default=0) < 10 and not router.failures:
+            time.sleep(0.05)
+
+        added = regions(served, "add", "ap-southeast-1")
+
+        stop.set()
+        for writer in writers:
+            writer.join(timeout=120)
+        assert not router.failures, router.failures
+        assert added.returncode == 0, added.stdout + added.stderr
+        assert "backfilling" in added.stdout and "ap-southeast-1 joined" in added.stdout
+        print(added.stdout)
+        ap = served.state["regions"]["ap-southeast-1"]["api_url"]
+        status, body = served.post("/accounts", {"account_id": "a1", "currency": "EUR"}, "open-a1", api=ap)
+        assert status == 201 and body["home_region"] == "ap-southeast-1", body
+        compared = regions(served, "compare", "--timeout", "90")
+        assert compared.returncode == 0, compared.stdout + compared.stderr
+        assert "3 regions agree" in compared.stdout
+        for account in homes:
+            view = served.get(f"/accounts/{account}/balance", api=ap)
+            assert view["balance"] == router.acknowledged[account], (account, view)
+    finally:
+        assert served.stop() == 0, "".join(served.output[-20:])
