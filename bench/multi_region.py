@@ -118,6 +118,12 @@ def live_figures(args: argparse.Namespace) -> None:
         print(f"   {time.monotonic() - healed:.1f} s from heal to `regions reconcile` clean (exit {reconciled.returncode}: "
               f"{reconciled.stdout.strip().splitlines()[-1] if reconciled.stdout.strip() else reconciled.stderr.strip()})")  # fmt: skip
         failover_figures(apis, data_dir, args.rate)
+        writing = threading.Thread(target=write_at, args=(apis, args.rate, 20.0, "joining"))
+        writing.start()
+        joined = regions(data_dir, "add", "ap-southeast-1")
+        writing.join()
+        print(f"3b. `regions add ap-southeast-1` while writing at {args.rate:g} writes/s: "
+              f"{(joined.stdout.strip().splitlines() or [joined.stderr.strip()])[-1]}")
         write_units(data_dir)
     finally:
         process.send_signal(2)
