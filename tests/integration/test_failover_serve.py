@@ -47,7 +47,8 @@ def _post(url: str, body: dict[str, Any], key: str) -> tuple[int, dict, dict]:
 
 class Router:
     """Sends each write to the account's home as last learned, with the same key each time: follows a 421 to
-    the home it names, tries another region on 503 region_fenced, retries other 503s after their Retry-After."""
+    the home it names, tries another region on 503 region_fenced (and comes back on a 404 there: the account
+    has not reached it), retries other 503s after their Retry-After."""
 
     def __init__(self, served: Served, homes: dict[str, str]) -> None:
         self.apis = served.apis
@@ -58,6 +59,7 @@ class Router:
         self.lock = threading.Lock()
 
     def credit(self, account: str, amount: int, key: str, deadline: float) -> int:
+        homes_before = dict(self.homes)
         while True:
             status, body, headers = _post(f"{self.apis[self.homes[account]]}/accounts/{account}/credits", {"amount": amount, "currency": "EUR"}, key)
             if status == 201:
@@ -74,6 +76,10 @@ class Router:
             elif status == 503 and body.get("code") == "region_fenced" and time.monotonic() < deadline:
                 others = [r for r in self.apis if r != self.homes[account]]  # cut off: try elsewhere
                 self.homes[account] = others[0]
+                time.sleep(0.2)
+            elif status == 404 and time.monotonic() < deadline and self.homes[account] != homes_before[account]:
+                # Tried elsewhere after a refusal, where the account has not replicated to yet: back again.
+                self.homes[account] = homes_before[account]
                 time.sleep(0.2)
             elif status == 503 and time.monotonic() < deadline:
                 time.sleep(min(float(headers.get("Retry-After", "1")), 0.5))
@@ -138,7 +144,7 @@ def test_a_planned_fail_over_of_a_busy_region_loses_nothing_while_writes_go_on(d
 
 
 def test_a_forced_fail_over_during_a_partition_waits_out_the_lease_then_heals_and_fails_back(data_dir: Path) -> None:
-    served = Served(data_dir, "--regions", f"{EAST},{WEST}", "--lag-ms", "20", "--jitter-ms", "0", "--lease-seconds", "4")
+    served = Served(data_dir, "--regions", f"{EAST},{WEST}", "--lag-ms", "20", "--jitter-ms", "0", "--lease-seconds", "6")
     homes = {"e1": EAST, "w1": WEST}
     try:
         _open(served, homes)
