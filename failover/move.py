@@ -109,7 +109,8 @@ class Move:
         epoch = self.epochs[account_id]
         there = self.target.event_store.get_account(account_id)
         if there is None or there.write_epoch != epoch or there.moving_from != self.source_name:
-            return there is not None and there.write_epoch > epoch  # opened already (a resumed move)
+            # Opened already (a resumed move, or a forced one that finished it), or moved on since.
+            return there is not None and (there.write_epoch > epoch or (there.home_region == self.target_name and there.moving_from is None))
         source_log = full_log(self.source, account_id)
         target_by_id = {e.event_id: e for e in full_log(self.target, account_id)}
         common = [target_by_id.get(e.event_id) for e in source_log]
