@@ -36,7 +36,9 @@ from ledger.ids import format_rfc3339, parse_rfc3339, ulid_time
 from ledger.service import DEFAULT_PAGE, MAX_PAGE, Outcome
 from projections.queries import BalanceView
 
+from access.grants import Grant
 from . import openapi
+from .auth import grant_of, install_authorizer, require_account, require_role
 from .problems import problem_for, problem_from_chalice
 from .requests import caller, parse_body, query_params
 
@@ -45,20 +47,36 @@ logger = Logger(service="ledger-api")
 
 @dataclass(frozen=True)
 class View:
-    """What a view works with: this region's parts and the request being answered."""
+    """What a view works with: this region's parts, the request being answered, and what its token grants."""
 
     root: Root
     request: Request
+    grant: Grant | None = None
+
+    @property
+    def caller(self):
+        """The writer: its principal scopes the Idempotency-Key and its patterns bound the accounts."""
+        assert self.grant is not None
+        return caller(self.request, self.grant)
+
+    def sees(self, account_id: str) -> None:
+        assert self.grant is not None
+        require_account(self.grant, account_id)
 
 
-_ROUTES: list[tuple[str, list[str], Callable[..., Response]]] = []
+_ROUTES: list[tuple[str, list[str], tuple[str, ...], Callable[..., Response]]] = []
+PUBLIC: tuple[str, ...] = ()
 
 
-def route(path: str, methods: list[str]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
-    """Declare a view; `create_app` registers it on every app, answering refusals as problem documents."""
+def route(path: str, methods: list[str], roles: tuple[str, ...]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
+    """Declare a view and the roles that may call it (`PUBLIC`: no token needed).
+
+    `create_app` registers it on every app behind the authorizer, answering
+    refusals as problem documents.
+    """
 
     def declare(view: Callable[..., Response]) -> Callable[..., Response]:
-        _ROUTES.append((path, methods, view))
+        _ROUTES.append((path, methods, roles, view))
         return view
 
     return declare
@@ -72,16 +90,23 @@ def create_app(root: Root) -> Chalice:
     marked = "aws-chalice/" in os.environ.get("AWS_EXECUTION_ENV", "")
     app = Chalice(app_name="dynamo-ledger", env={} if marked else os.environ)
     app.register_middleware(_problem_details, "http")
-    for path, methods, view in _ROUTES:
-        app.route(path, methods=methods, name=view.__name__)(_bound(app, root, view))
+    authorizer = install_authorizer(app, root)
+    for path, methods, roles, view in _ROUTES:
+        guarded = {"authorizer": authorizer} if roles else {}
+        app.route(path, methods=methods, name=view.__name__, **guarded)(_bound(app, root, roles, view))
     return app
 
 
-def _bound(app: Chalice, root: Root, view: Callable[..., Response]) -> Callable[..., Response]:
+def _bound(app: Chalice, root: Root, roles: tuple[str, ...], view: Callable[..., Response]) -> Callable[..., Response]:
     @functools.wraps(view)
     def answer(**path_params: str) -> Response:
         try:
-            response = view(View(root, app.current_request), **path_params)
+            request = app.current_request
+            grant = None
+            if roles:
+                grant = grant_of(request)
+                require_role(grant, roles)
+            response = view(View(root, request, grant), **path_params)
             if root.lease is not None and root.lease.fenced():
                 # Reads go on while cut off from every peer; they say the other regions' writes may be missing.
                 response.headers["Region-Fenced"] = "true"
@@ -139,19 +164,20 @@ def _events(events: list[Event]) -> list[dict[str, Any]]:
     return [event.model_dump(mode="json", exclude_none=True) for event in events]
 
 
-@route("/accounts", methods=["POST"])
+@route("/accounts", methods=["POST"], roles=("operator",))
 def open_account(view: View) -> Response:
-    request = view.request
-    return _written(view.root.ledger.open_account(caller(request), parse_body(request, OpenAccountRequest)))
+    return _written(view.root.ledger.open_account(view.caller, parse_body(view.request, OpenAccountRequest)))
 
 
-@route("/accounts/{account_id}", methods=["GET"])
+@route("/accounts/{account_id}", methods=["GET"], roles=("reader", "auditor", "operator"))
 def get_account(view: View, account_id: str) -> Response:
+    view.sees(account_id)
     return _json(200, view.root.ledger.get_account(account_id).public())
 
 
-@route("/accounts/{account_id}/balance", methods=["GET"])
+@route("/accounts/{account_id}/balance", methods=["GET"], roles=("reader", "auditor"))
 def get_balance(view: View, account_id: str) -> Response:
+    view.sees(account_id)
     params = query_params(view.request, {"consistency", "at", "min_as_of"})
     if "at" in params:
         if "consistency" in params or "min_as_of" in params:
@@ -214,8 +240,9 @@ def _point_in_time(root: Root, account_id: str, moment: datetime) -> dict[str, A
     }
 
 
-@route("/accounts/{account_id}/digest", methods=["GET"])
+@route("/accounts/{account_id}/digest", methods=["GET"], roles=("auditor",))
 def get_digest(view: View, account_id: str) -> Response:
+    view.sees(account_id)
     params = query_params(view.request, {"to"})
     moment = _past_time(params, "to")
     account, fold = _settled_fold(view.root, account_id, moment)
@@ -244,28 +271,28 @@ def _past_time(params: dict[str, str], name: str) -> datetime:
     return moment
 
 
-@route("/accounts/{account_id}/credits", methods=["POST"])
+@route("/accounts/{account_id}/credits", methods=["POST"], roles=("writer",))
 def credit(view: View, account_id: str) -> Response:
-    request = view.request
-    return _written(view.root.ledger.credit(caller(request), account_id, parse_body(request, MovementRequest)))
+    return _written(view.root.ledger.credit(view.caller, account_id, parse_body(view.request, MovementRequest)))
 
 
-@route("/accounts/{account_id}/debits", methods=["POST"])
+@route("/accounts/{account_id}/debits", methods=["POST"], roles=("writer",))
 def debit(view: View, account_id: str) -> Response:
-    request = view.request
-    return _written(view.root.ledger.debit(caller(request), account_id, parse_body(request, MovementRequest)))
+    return _written(view.root.ledger.debit(view.caller, account_id, parse_body(view.request, MovementRequest)))
 
 
-@route("/transfers", methods=["POST"])
+@route("/transfers", methods=["POST"], roles=("writer",))
 def transfer(view: View) -> Response:
-    request = view.request
-    return _written(view.root.ledger.transfer(caller(request), parse_body(request, TransferRequest)))
+    return _written(view.root.ledger.transfer(view.caller, parse_body(view.request, TransferRequest)))
 
 
-@route("/transactions/{transaction_id}", methods=["GET"])
+@route("/transactions/{transaction_id}", methods=["GET"], roles=("reader", "auditor"))
 def get_transaction(view: View, transaction_id: str) -> Response:
     ledger = view.root.ledger
     events = ledger.transaction(transaction_id)
+    assert view.grant is not None
+    if not any(view.grant.covers(event.entity_id) for event in events):  # as if it did not exist
+        raise errors.TransactionNotFound(f"no transaction {transaction_id}", transaction_id=transaction_id)
     body: dict[str, Any] = {"transaction_id": transaction_id, "type": events[0].transaction_type}
     if events[0].reverses:
         body["reverses"] = events[0].reverses
@@ -275,16 +302,17 @@ def get_transaction(view: View, transaction_id: str) -> Response:
     return _json(200, {**body, "events": _events(events)})
 
 
-@route("/transactions/{transaction_id}/reversal", methods=["POST"])
+@route("/transactions/{transaction_id}/reversal", methods=["POST"], roles=("writer",))
 def reverse_transaction(view: View, transaction_id: str) -> Response:
     request = view.request
     # The body is optional: no body (or `{}`) reverses with a default description.
     body = parse_body(request, ReversalRequest) if request.raw_body else ReversalRequest()
-    return _written(view.root.ledger.reverse(caller(request), transaction_id, body))
+    return _written(view.root.ledger.reverse(view.caller, transaction_id, body))
 
 
-@route("/accounts/{account_id}/events", methods=["GET"])
+@route("/accounts/{account_id}/events", methods=["GET"], roles=("reader", "auditor"))
 def account_events(view: View, account_id: str) -> Response:
+    view.sees(account_id)
     params = query_params(view.request, {"limit", "cursor", "from", "to", "order", "after"})
     order = params.get("order", "asc")
     if order not in ("asc", "desc"):
@@ -302,8 +330,11 @@ def account_events(view: View, account_id: str) -> Response:
     return _json(200, {**body, "settled_until": page.settled_until})
 
 
-@route("/events", methods=["GET"])
+@route("/events", methods=["GET"], roles=("auditor",))
 def timeline(view: View) -> Response:
+    assert view.grant is not None
+    if not view.grant.covers_everything:  # the timeline crosses every tenant
+        raise errors.Forbidden("the cross-account timeline needs an auditor of every account (accounts: '*')")
     params = query_params(view.request, {"limit", "cursor", "from", "to"})
     start, end = _time_param(params, "from"), _time_param(params, "to")
     if start is None:
@@ -314,7 +345,7 @@ def timeline(view: View) -> Response:
     return _json(200, {**body, "settled_until": format_rfc3339(page.settled_until)})
 
 
-@route("/openapi.json", methods=["GET"])
+@route("/openapi.json", methods=["GET"], roles=PUBLIC)
 def openapi_document(view: View) -> Response:
     query_params(view.request, set())
     return Response(body=_openapi_text(), status_code=200, headers={"Content-Type": "application/json"})

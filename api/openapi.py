@@ -48,8 +48,9 @@ _MODELS: list[type[BaseModel]] = [
     schemas.HistoryPageOut, schemas.TimelinePageOut, schemas.Problem, schemas.EventOut,
 ]  # fmt: skip
 
+_AUTH_CODES = ["unauthorized", "forbidden", "authorization_unavailable"]
 _WRITE_CODES = [
-    "malformed_request", "idempotency_key_missing", "idempotency_key_invalid", "payload_too_large",
+    *_AUTH_CODES, "malformed_request", "idempotency_key_missing", "idempotency_key_invalid", "payload_too_large",
     "unsupported_media_type", "validation_error", "idempotency_key_reused", "idempotency_in_flight",
     "store_unavailable", "region_fenced",
 ]  # fmt: skip
@@ -57,7 +58,7 @@ _MOVE_CODES = [
     *_WRITE_CODES, "invalid_identifier", "account_not_found", "account_not_open", "currency_mismatch",
     "wrong_region", "account_moving", "duplicate_event",
 ]  # fmt: skip
-_READ_CODES = ["invalid_identifier", "invalid_query", "store_unavailable"]
+_READ_CODES = [*_AUTH_CODES, "invalid_identifier", "invalid_query", "store_unavailable"]
 
 
 def _code_status() -> dict[str, int]:
@@ -121,6 +122,8 @@ def _problems(codes: Iterable[str]) -> dict[str, Any]:
         }
         if any(code in RETRY_AFTER_SECONDS or code == "server_busy" for code in codes_here):
             response["headers"] = {"Retry-After": _header("seconds to wait before retrying the same request", {"type": "integer"})}
+        if status == 401:
+            response["headers"] = {"WWW-Authenticate": _header("`Bearer realm=\"dynamo-ledger\"`, and why a sent token was refused")}
         responses[str(status)] = response
     return responses
 
@@ -240,7 +243,8 @@ def _paths() -> dict[str, Any]:
         "/openapi.json": {
             "get": {
                 "operationId": "getOpenApi",
-                "summary": "This document",
+                "summary": "This document (needs no token)",
+                "security": [],
                 "responses": {"200": {"description": "the OpenAPI document", "content": _json_content({"type": "object"})}},
             },
         },
@@ -262,7 +266,20 @@ def document() -> dict[str, Any]:
             "with a stable `code`; `x-problem-statuses` maps each code to its status.",
         },
         "paths": _paths(),
-        "components": {"schemas": components},
+        "security": [{"bearer": []}],
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "A token naming a principal (`sub`), its `roles` (writer, reader, auditor, operator) "
+                    "and the account patterns it may touch (`accounts`, such as `acme:*`), with an expiry (`exp`). "
+                    "An account outside the patterns answers as one that does not exist (404).",
+                }
+            },
+        },
         "x-problem-statuses": dict(sorted(status_of.items())),
     }
 

@@ -23,6 +23,8 @@ STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
     errors.InvalidCursor: 400,
     errors.IdempotencyKeyMissing: 400,
     errors.IdempotencyKeyInvalid: 400,
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
     errors.AccountNotFound: 404,
     errors.TransactionNotFound: 404,
     errors.AccountAlreadyExists: 409,
@@ -43,6 +45,7 @@ STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
     errors.NotYetReplicated: 503,
     errors.AccountMoving: 503,
     errors.RegionFenced: 503,
+    errors.AuthorizationUnavailable: 503,
 }
 
 # Refusals that a retry of the very same request can turn into a success, and when to retry.
@@ -52,6 +55,7 @@ RETRY_AFTER_SECONDS = {
     "not_yet_replicated": "1",
     "account_moving": "1",
     "region_fenced": "5",
+    "authorization_unavailable": "1",
 }
 
 
@@ -71,7 +75,20 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Re
 
 def problem_for(error: errors.LedgerError) -> Response:
     status = STATUS_BY_ERROR.get(type(error), 400)
-    return problem(status, error.code, error.title, error.detail, **error.extra)
+    extra = dict(error.extra)
+    token_sent = extra.pop("token_sent", True)
+    reply = problem(status, error.code, error.title, error.detail, **extra)
+    if status == 401:
+        reply.headers["WWW-Authenticate"] = www_authenticate(error.detail if token_sent else None)
+    return reply
+
+
+def www_authenticate(description: str | None = None) -> str:
+    """RFC 6750's challenge; with a description when a token was sent and refused."""
+    if description is None:
+        return 'Bearer realm="dynamo-ledger"'
+    safe = "".join(ch for ch in description if ch not in '"\\' and " " <= ch <= "~")
+    return f'Bearer realm="dynamo-ledger", error="invalid_token", error_description="{safe}"'
 
 
 _CHALICE_PROBLEMS = {

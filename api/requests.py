@@ -14,12 +14,12 @@ from typing import Any, TypeVar
 from chalice.app import Request
 from pydantic import BaseModel, ValidationError
 
+from access.grants import Grant
 from ledger import errors
 from ledger.service import Caller
 
 MAX_BODY_BYTES = 16 * 1024
 IDEMPOTENCY_HEADER = "idempotency-key"
-ANONYMOUS = "anonymous"
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -91,19 +91,9 @@ def _where(error: dict[str, Any]) -> str:
     return ".".join(str(part) for part in error["loc"]) or "body"
 
 
-def caller(request: Request) -> Caller:
-    """Who is calling: the API Gateway principal when there is one; keys are scoped to it."""
-    context = request.context or {}
-    authorizer = context.get("authorizer") or {}
-    identity = context.get("identity") or {}
-    scope = (
-        authorizer.get("principalId")
-        or (authorizer.get("claims") or {}).get("sub")
-        or identity.get("userArn")
-        or identity.get("apiKeyId")
-        or ANONYMOUS
-    )
-    return Caller(scope=str(scope), idempotency_key=request.headers.get(IDEMPOTENCY_HEADER))
+def caller(request: Request, grant: Grant) -> Caller:
+    """Who writes: the token's principal (keys are scoped to it) and the accounts it may touch."""
+    return Caller(scope=grant.principal, idempotency_key=request.headers.get(IDEMPOTENCY_HEADER), may_touch=grant.covers)
 
 
 def query_params(request: Request, allowed: set[str]) -> dict[str, str]:

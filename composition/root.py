@@ -16,12 +16,13 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
+from access.keys import SigningKeys
 from audit.checkpoints import Checkpoints
 from audit.store import CheckpointStore
 from audit.timeline import Timeline
 from failover.lease import Lease
 from failover.store import HeartbeatStore
-from ledger.config import REQUEST_PATH, Settings, dynamodb_client
+from ledger.config import REQUEST_PATH, Settings, dynamodb_client, secrets_client
 from ledger.cursors import CursorCodec
 from ledger.service import Ledger
 from ledger.store import EventStore
@@ -108,6 +109,12 @@ class Root:
     @cached_property
     def heartbeats(self) -> HeartbeatStore:
         return HeartbeatStore(self.dynamodb, self.settings.tables.regions)
+
+    @cached_property
+    def signing_keys(self) -> SigningKeys:
+        """Verifies (and, for `ledger tokens issue`, signs) bearer tokens."""
+        settings = self.settings
+        return SigningKeys(settings.token_key, settings.token_secret_arn, lambda: secrets_client(settings))
 
     @cached_property
     def timeline(self) -> Timeline:

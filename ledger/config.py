@@ -31,6 +31,11 @@ class Settings:
     cursor_secret: str | None = None
     # Every region of the deployment (accounts may be homed in any); this process writes for `region`.
     regions: tuple[str, ...] = ()
+    # Who signs bearer tokens: the key itself (`ledger serve` keeps one in its data dir), a Secrets
+    # Manager secret holding it (AWS), or a Cognito user pool whose tokens API Gateway checks.
+    token_key: str | None = field(default=None, repr=False)
+    token_secret_arn: str | None = None
+    cognito_user_pool_arn: str | None = None
     tables: LedgerTables = field(init=False)
 
     def __post_init__(self) -> None:
@@ -40,7 +45,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """LEDGER_STAGE, LEDGER_REGION (else AWS_REGION), LEDGER_REGIONS, LEDGER_ENDPOINT_URL, LEDGER_IDEMPOTENCY_TTL_SECONDS, LEDGER_CURSOR_SECRET."""
+        """LEDGER_STAGE, LEDGER_REGION (else AWS_REGION), LEDGER_REGIONS, LEDGER_ENDPOINT_URL, LEDGER_IDEMPOTENCY_TTL_SECONDS,
+        LEDGER_CURSOR_SECRET, LEDGER_TOKEN_KEY, LEDGER_TOKEN_SECRET_ARN, LEDGER_COGNITO_USER_POOL_ARN."""
         env = os.environ if environ is None else environ
         return cls(
             stage=env.get("LEDGER_STAGE", "dev"),
@@ -49,6 +55,9 @@ class Settings:
             idempotency_ttl_seconds=int(env.get("LEDGER_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)),
             cursor_secret=env.get("LEDGER_CURSOR_SECRET") or None,
             regions=tuple(r.strip() for r in env.get("LEDGER_REGIONS", "").split(",") if r.strip()),
+            token_key=env.get("LEDGER_TOKEN_KEY") or None,
+            token_secret_arn=env.get("LEDGER_TOKEN_SECRET_ARN") or None,
+            cognito_user_pool_arn=env.get("LEDGER_COGNITO_USER_POOL_ARN") or None,
         )
 
     @property
@@ -94,6 +103,13 @@ def streams_client(settings: Settings):
         "dynamodbstreams",
         settings,
         Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5),
+    )
+
+
+def secrets_client(settings: Settings):
+    """Secrets Manager, for the key that signs bearer tokens (never through a local DynamoDB endpoint)."""
+    return boto3.session.Session(region_name=settings.region).client(
+        "secretsmanager", config=Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=1, read_timeout=2)
     )
 
 

@@ -201,3 +201,24 @@ class NotReversible(LedgerError):
 
     code = "not_reversible"
     title = "The transaction cannot be reversed"
+
+
+class Unauthenticated(LedgerError):
+    """No bearer token, or one that is malformed, expired or not signed by this deployment."""
+
+    code = "unauthorized"
+    title = "A valid bearer token is required"
+
+
+class Forbidden(LedgerError):
+    """The token is valid but lacks the role this operation needs."""
+
+    code = "forbidden"
+    title = "The token does not allow this"
+
+
+class AuthorizationUnavailable(LedgerError):
+    """The key that verifies tokens could not be loaded (its secret store did not answer)."""
+
+    code = "authorization_unavailable"
+    title = "Tokens cannot be checked right now"

@@ -45,12 +45,33 @@ DEFAULT_PAGE = 100
 Order = Literal["asc", "desc"]
 
 
+def _anywhere(account_id: str) -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Caller:
-    """Who writes, and the Idempotency-Key they sent; keys are scoped per caller."""
+    """Who writes (the principal), the Idempotency-Key they sent, and the accounts they may touch.
+
+    Keys are scoped per principal. `may_touch` is the token's account scope: an
+    account outside it is refused exactly as one that does not exist.
+    """
 
     scope: str
     idempotency_key: str | None
+    may_touch: Callable[[str], bool] = _anywhere
+
+    def check(self, account_id: str) -> None:
+        if not self.may_touch(account_id):
+            raise errors.AccountNotFound(f"account {account_id!r} does not exist", account_id=account_id)
+
+    def check_transaction(self, transaction_id: str, events: list[Event]) -> None:
+        """Every account of a transaction must be in scope to act on it; none in scope, it does not exist."""
+        outside = sorted({e.entity_id for e in events if not self.may_touch(e.entity_id)})
+        if len(outside) == len({e.entity_id for e in events}):
+            raise errors.TransactionNotFound(f"no transaction {transaction_id}", transaction_id=transaction_id)
+        if outside:
+            raise errors.Forbidden(f"transaction {transaction_id} moves money on {', '.join(outside)}, which this token may not touch")
 
     def record_id(self) -> str:
         key = self.idempotency_key
@@ -58,7 +79,14 @@ class Caller:
             raise errors.IdempotencyKeyMissing("every write needs an Idempotency-Key header")
         if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= ch <= "~" for ch in key):
             raise errors.IdempotencyKeyInvalid(f"the key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters")
-        return f"key#{self.scope}#{key}"  # its own prefix: no scope can reach `reversal#` markers
+        # Its own prefix, so no scope reaches `reversal#` markers; `#` and `%` escaped in the scope, so no
+        # (scope, key) pair spells another's (`org` + `team#k` vs `org#team` + `k`). Scopes without them
+        # keep the form records had before the escape, so keys recorded earlier still replay.
+        return f"key#{escape_scope(self.scope)}#{key}"
+
+
+def escape_scope(scope: str) -> str:
+    return scope.replace("%", "%25").replace("#", "%23")
 
 
 @dataclass(frozen=True)
@@ -179,6 +207,7 @@ class Ledger:
     # -- writes -----------------------------------------------------------------
 
     def open_account(self, caller: Caller, request: OpenAccountRequest) -> Outcome:
+        caller.check(request.account_id)
         record_id = caller.record_id()
         home = request.home_region or self._region
         if home not in self._regions:
@@ -234,6 +263,7 @@ class Ledger:
 
     def _movement(self, caller: Caller, kind: Literal["credit", "debit"], account_id: str, request: MovementRequest) -> Outcome:
         check_account_id(account_id)
+        caller.check(account_id)
         record_id = caller.record_id()
         event_class = Credited if kind == "credit" else Debited
 
@@ -245,6 +275,8 @@ class Ledger:
         return self._record(record_id, fingerprint(kind, account_id, request), draft)
 
     def transfer(self, caller: Caller, request: TransferRequest) -> Outcome:
+        caller.check(request.from_account)
+        caller.check(request.to_account)
         record_id = caller.record_id()
         if request.from_account == request.to_account:
             raise errors.SameAccountTransfer("from_account and to_account must differ")
@@ -274,7 +306,7 @@ class Ledger:
         is read again, then refused as retryable, never half reversed.
         """
         record_id = caller.record_id()
-        legs = self._all_legs(transaction_id)
+        legs = self._all_legs(transaction_id, caller)
 
         def draft(mint: Minter) -> Draft:
             reversal_id = new_ulid()
@@ -294,12 +326,13 @@ class Ledger:
 
         return self._record(record_id, fingerprint("reversal", transaction_id, request), draft)
 
-    def _all_legs(self, transaction_id: str) -> list[Event]:
+    def _all_legs(self, transaction_id: str, caller: Caller) -> list[Event]:
         """The transaction's legs once all are visible: the index may show a transfer half-propagated."""
         for attempt in range(self._retry.attempts):
             if attempt:
                 self._sleep(self._retry.delay(attempt))
             legs = self.transaction(transaction_id)
+            caller.check_transaction(transaction_id, legs)
             check_reversible(transaction_id, legs)
             if legs_complete(legs):
                 return legs

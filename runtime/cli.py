@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
         _data_dir_option(command)
         command.set_defaults(handler=_regions(handler))
 
+    from . import tokens
+
+    tokens.add_parser(commands)
+
     export = commands.add_parser("export", help="stream events to a file (resumable), with a manifest")
     _endpoint_options(export)
     export.add_argument("--account", action="append", help="only this account (repeatable; default: every account)")

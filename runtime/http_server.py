@@ -389,7 +389,8 @@ class _Connection:
         except ForbiddenError:
             raise Refusal(403, "forbidden", "the authorizer denied access to this resource", keep=True) from None
         except NotAuthorizedError:
-            raise Refusal(401, "unauthorized", "this resource needs a valid Authorization header", keep=True) from None
+            raise Refusal(401, "unauthorized", "send Authorization: Bearer <token>", keep=True,
+                          headers={"WWW-Authenticate": 'Bearer realm="dynamo-ledger"'}) from None
         except Exception as exc:  # LocalGatewayException (bad authorizer) or a crash in the app
             kind = "authorizer" if isinstance(exc, LocalGatewayException) else "app"
             print(f"ledger http: {request.method} {request.target} failed in the {kind}:\n{traceback.format_exc()}",

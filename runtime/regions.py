@@ -31,6 +31,7 @@ from api.app import create_app
 from composition.root import Root
 from failover.lease import DEFAULT_LEASE_SECONDS, Lease
 from failover.store import HeartbeatStore
+from access.tokens import TokenCodec
 from ledger.ids import format_rfc3339
 from projections.schema import ProjectionTables
 from projections.store import BalanceStore
@@ -46,6 +47,7 @@ from .journal import WriteJournal
 from .poller import PollerConfig, StreamPoller, stream_arn_of
 from .region_join import Joiner, read_added
 from .tables import ensure_tables
+from .tokens import operator_token, with_local_key
 
 REPLICATION_DIR = "replication"
 CONTROL_FILE = "control.json"
@@ -101,6 +103,7 @@ def serve_regions(
     data_dir = data_dir.resolve()
     replication_dir = data_dir / REPLICATION_DIR
     replication_dir.mkdir(parents=True, exist_ok=True)
+    settings = with_local_key(settings, data_dir)  # one key: a token works in every region
     names = [*names, *[n for n in read_added(replication_dir) if n not in names]]  # joined by `regions add` before
     urls = {name: f"http://{host}:{port + i}" for i, name in enumerate(names)}
     crashed = threading.Event()
@@ -167,13 +170,19 @@ def serve_regions(
             print(
                 f"ledger ready: {len(regions)} regions: {listing} (DynamoDB Local per region, data in {data_dir}, "
                 f"every acknowledged write journaled, replication lag {lag.fixed_ms:g} ms + up to {lag.jitter_ms:g} ms, "
-                f"stage {settings.stage}). Try: .venv/bin/ledger regions status",
+                f"stage {settings.stage}). {_token_hint(settings)}Try: .venv/bin/ledger regions status",
                 flush=True,
             )
             threading.Event().wait()
         except KeyboardInterrupt:
             _say("ledger: stopping")
     return 1 if crashed.is_set() else 0
+
+
+def _token_hint(settings: Settings) -> str:
+    if not settings.token_key:
+        return ""
+    return f"Operator token (every role, every account, 12 h): TOKEN={operator_token(TokenCodec(settings.token_key))} "
 
 
 def _start_region(

@@ -35,6 +35,7 @@ from .journal import WriteJournal
 from .moto_server import MotoDynamoDB
 from .poller import PollerConfig, StreamPoller, stream_arn_of
 from .tables import ensure_tables
+from .tokens import operator_token, with_local_key
 
 JOURNAL_FILE = "write-journal.jsonl"
 
@@ -123,6 +124,17 @@ def _start_projector(stack: ExitStack, root: Root, data_dir: Path) -> str:
     return f"projector polling the events stream, dead letters to {poller.dead_letter_path}"
 
 
+def _try(root: Root, base: str) -> str:
+    """The ready line's example: with an operator token when this serve signs its own (a secret or Cognito: bring yours)."""
+    if not root.settings.token_key:
+        return f"Tokens are checked against {'Cognito' if root.settings.cognito_user_pool_arn else 'the configured secret'}."
+    token = operator_token(root.signing_keys.codec())
+    return (
+        f"Operator token (every role, every account, 12 h): TOKEN={token} "
+        f'Try: curl -s -H "Authorization: Bearer $TOKEN" {base}/accounts/demo'
+    )
+
+
 def serve(
     settings: Settings,
     *,
@@ -159,6 +171,7 @@ def serve(
             _recover(journal, client)
             journal.attach(client)
             where += ", every acknowledged write journaled"
+        settings = with_local_key(settings, data_dir)
         root = Root(settings, client=client)
         if projector:
             _say(_start_projector(stack, root, data_dir.resolve()))
@@ -184,11 +197,7 @@ def serve(
         state.write(data_dir)
         stack.callback(discovery.remove, data_dir)
         try:  # the ready line inside: a Ctrl-C the moment it is read is a clean stop too
-            print(
-                f"ledger ready: API {base} ({where}, stage {settings.stage}, region {settings.region}). "
-                f"Try: curl -s {base}/openapi.json | head -c 300",
-                flush=True,
-            )
+            print(f"ledger ready: API {base} ({where}, stage {settings.stage}, region {settings.region}). {_try(root, base)}", flush=True)
             server.serve_forever()
         except KeyboardInterrupt:
             _say("ledger: stopping")

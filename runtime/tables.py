@@ -32,7 +32,11 @@ def ensure_tables(client: Any, settings: Settings) -> list[str]:
         name = definition["TableName"]
         if name in existing:
             continue
-        client.create_table(**definition)
+        try:
+            client.create_table(**definition)
+        except client.exceptions.ResourceInUseException:
+            # Created after all: a slow answer under load, retried by botocore, finds its own table.
+            pass
         created.append(name)
     for name in created:
         client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})

@@ -10,8 +10,20 @@ from urllib.parse import urlencode
 
 from chalice.test import Client
 
+from access.grants import ROLES
+from access.tokens import TokenCodec
+
 _AUTO = object()
 _keys = itertools.count(1)
+
+# The key every test's Settings verify tokens with (`Settings(..., token_key=TEST_TOKEN_KEY)`).
+TEST_TOKEN_KEY = "test-signing-key-" + "0" * 32
+
+
+def token(principal: str = "test-operator", roles: tuple[str, ...] = ROLES, accounts: tuple[str, ...] = ("*",),
+          ttl: int = 3600, key: str = TEST_TOKEN_KEY, now: float | None = None) -> str:
+    """A signed bearer token; by default every role on every account."""
+    return TokenCodec(key).issue(principal, list(roles), list(accounts), ttl, now=now)
 
 
 def fresh_key() -> str:
@@ -37,8 +49,17 @@ class ApiResponse:
 class Api:
     """A thin helper over Chalice's test client that speaks JSON and Idempotency-Keys."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, bearer: str | None = None) -> None:
+        self._client = client
         self._http = client.http
+        self._auth = {"Authorization": f"Bearer {bearer or token()}"}
+
+    def as_(self, bearer: str | None) -> Api:
+        """The same app, called with another token (`None`: no Authorization header at all)."""
+        other = Api(self._client, bearer)
+        if bearer is None:
+            other._auth = {}
+        return other
 
     def post(
         self,
@@ -51,7 +72,7 @@ class Api:
         headers: dict[str, str] | None = None,
     ) -> ApiResponse:
         """POST `body` as JSON (or `raw` bytes as given); `key=None` sends no Idempotency-Key."""
-        sent: dict[str, str] = {}
+        sent: dict[str, str] = dict(self._auth)
         if content_type is not None:
             sent["Content-Type"] = content_type
         if key is _AUTO:
@@ -69,14 +90,14 @@ class Api:
 
     def request(self, method: str, path: str, body: Any = None) -> ApiResponse:
         """Any method, JSON body, a fresh Idempotency-Key: for routes and methods that do not exist."""
-        headers = {"Content-Type": "application/json", "Idempotency-Key": fresh_key()}
+        headers = {**self._auth, "Content-Type": "application/json", "Idempotency-Key": fresh_key()}
         payload = b"" if body is None else json.dumps(body).encode()
         return self._wrap(self._http.request(method, path, headers=headers, body=payload))
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> ApiResponse:
         if params:
             path = f"{path}?{urlencode(params)}"
-        return self._wrap(self._http.get(path))
+        return self._wrap(self._http.get(path, headers=dict(self._auth)))
 
     @staticmethod
     def _wrap(response: Any) -> ApiResponse:

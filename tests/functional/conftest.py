@@ -24,7 +24,7 @@ from ledger.config import Settings, dynamodb_client
 from ledger.schema import table_definitions
 from ledger.service import Ledger
 
-from api_client import Api
+from api_client import TEST_TOKEN_KEY, Api
 from stream_support import Stage
 
 REGION = "us-east-1"
@@ -54,7 +54,7 @@ def moto_dynamodb() -> Iterator[Any]:
 @pytest.fixture
 def settings() -> Settings:
     """Settings whose stage, and so whose table names, no other test uses."""
-    return Settings(stage=f"functest{next(_stages)}", region=REGION)
+    return Settings(stage=f"functest{next(_stages)}", region=REGION, token_key=TEST_TOKEN_KEY)
 
 
 @pytest.fixture

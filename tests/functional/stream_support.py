@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 
 from composition.root import Root
+from api_client import TEST_TOKEN_KEY
 from ledger.config import Settings
 from runtime.tables import all_definitions, ensure_tables
 
@@ -20,7 +21,7 @@ class Stage:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.settings = Settings(stage=f"proj{uuid.uuid4().hex[:10]}", region=REGION)
+        self.settings = Settings(stage=f"proj{uuid.uuid4().hex[:10]}", region=REGION, token_key=TEST_TOKEN_KEY)
 
     def __enter__(self) -> Stage:
         ensure_tables(self.client, self.settings)

@@ -32,6 +32,7 @@ from composition.root import Root
 from api import openapi
 from profiles import examples
 from api.app import create_app
+from api_client import TEST_TOKEN_KEY, token
 from ledger.config import Settings, dynamodb_client
 from runtime.http_server import create_server
 from runtime.tables import all_definitions, ensure_tables
@@ -40,12 +41,13 @@ EXAMPLES = examples(92)  # 11 operations, positive and negative: about 1,000 req
 SCHEMA = schemathesis.openapi.from_dict(openapi.document())
 PROBLEM_CODES = set(openapi.document()["x-problem-statuses"])
 SEEDED = {"alice": "EUR", "bob": "EUR", "carol": "USD"}
+AUTHORIZED = {"Authorization": f"Bearer {token(ttl=3 * 3600)}"}
 
 
 @pytest.fixture(scope="module")
 def served(moto_dynamodb: Any) -> Iterator[tuple[str, Any, Settings]]:
     """The app behind the local server on a free port, over fresh tables with a little data."""
-    stage = Settings(stage="fuzz", region="us-east-1")
+    stage = Settings(stage="fuzz", region="us-east-1", token_key=TEST_TOKEN_KEY)
     client = dynamodb_client(stage)
     ensure_tables(client, stage)
     server = create_server(create_app(Root(stage, client=client)), Config(chalice_stage="fuzz"), "127.0.0.1", 0)
@@ -67,7 +69,8 @@ def _seed(base: str) -> None:
 
     def post(path: str, body: dict, key: str) -> None:
         request = urllib.request.Request(
-            base + path, json.dumps(body).encode(), {"Content-Type": "application/json", "Idempotency-Key": key}, method="POST"
+            base + path, json.dumps(body).encode(), {**AUTHORIZED, "Content-Type": "application/json", "Idempotency-Key": key},
+            method="POST",
         )
         urllib.request.urlopen(request, timeout=10).close()
 
@@ -92,7 +95,7 @@ def check_answer(case: Any, base: str, client: Any, stage: Settings) -> None:
     writes = case.method.upper() == "POST"
     before = snapshot(client, stage) if writes else None
 
-    response = case.call(base_url=base)
+    response = case.call(base_url=base, headers=AUTHORIZED)
 
     case.validate_response(
         response,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from composition.root import Root
+from dataclasses import replace
+
 from ledger.config import Settings
 from ledger.events import parse_event
 from ledger.fold import Totals
@@ -362,7 +364,7 @@ def test_a_write_taken_outside_the_accounts_home_region_is_421_and_writes_nothin
     open_account("alice", allow_overdraft=True)
     open_account("bob")
     before = table_snapshot()
-    elsewhere = api_over(Root(Settings(stage=settings.stage, region="eu-west-1"), client=dynamodb))
+    elsewhere = api_over(Root(replace(settings, region="eu-west-1"), client=dynamodb))
 
     response = elsewhere.post(path, body)
 

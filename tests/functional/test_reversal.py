@@ -17,6 +17,8 @@ import pytest
 from composition.root import Root
 from ledger import errors
 from ledger.commands import MovementRequest, ReversalRequest
+from dataclasses import replace
+
 from ledger.config import Settings
 from ledger.service import Caller, Outcome
 from stream_support import project_everything
@@ -270,7 +272,7 @@ def test_a_reversal_taken_outside_the_accounts_home_region_is_421_and_changes_no
 ):
     original = record(api, "/accounts/alice/debits", {"amount": 5, "currency": "EUR"})
     snapshot = table_snapshot()
-    elsewhere = api_over(Root(Settings(stage=settings.stage, region="eu-west-1"), client=dynamodb))
+    elsewhere = api_over(Root(replace(settings, region="eu-west-1"), client=dynamodb))
 
     response = elsewhere.post(f"/transactions/{original['transaction_id']}/reversal", None)
 

@@ -21,6 +21,8 @@ from moto.core.models import botocore_stubber
 from composition.root import Root
 from api.app import create_app
 from api_client import Api
+from dataclasses import replace
+
 from ledger.config import Settings, dynamodb_client
 from runtime.dynamodb_local import pick_free_port
 
@@ -174,7 +176,7 @@ def test_a_write_whose_answer_was_lost_is_recorded_once_and_its_retry_replays(fa
 @pytest.fixture
 def unreachable(settings: Settings) -> Iterator[tuple[Api, Faults]]:
     """The app over an endpoint where nothing listens (DynamoDB Local killed, say)."""
-    dead = Settings(stage=settings.stage, region=settings.region, endpoint_url=f"http://127.0.0.1:{pick_free_port()}")
+    dead = replace(settings, endpoint_url=f"http://127.0.0.1:{pick_free_port()}")
     client = dynamodb_client(dead)
     faults = Faults(client)
     with Client(create_app(Root(dead, client=client))) as http:

@@ -18,6 +18,7 @@ from runtime.dynamodb_local import pick_free_port
 
 READY = re.compile(r"ledger ready: API (http://\S+) \(DynamoDB Local at (http://[\d.]+:(\d+))")
 READY_REGIONS = re.compile(r"ledger ready: \d+ regions: (.*?) \(DynamoDB Local per region")
+TOKEN = re.compile(r"TOKEN=(\S+)")
 
 
 def ledger_command() -> list[str]:
@@ -49,6 +50,8 @@ class Served:
         self.output: list[str] = []
         for line in self.process.stdout:  # type: ignore[union-attr]
             self.output.append(line)
+            if token := TOKEN.search(line):  # the ready line's operator token: every role, every account
+                self.token = token.group(1)
             if match := READY.search(line):
                 self.api, self.dynamodb_endpoint, self.dynamodb_port = match.group(1), match.group(2), int(match.group(3))
                 break
@@ -65,15 +68,22 @@ class Served:
         for line in self.process.stdout:  # type: ignore[union-attr]
             self.output.append(line)
 
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
     def get(self, path: str, api: str | None = None) -> dict:
-        with urllib.request.urlopen((api or self.api) + path, timeout=10) as response:
-            return json.load(response)
+        return json.load(self.open(path, api))
+
+    def open(self, path: str, api: str | None = None):
+        """GET with the operator token; the response (its headers too), for the caller to read."""
+        return urllib.request.urlopen(urllib.request.Request((api or self.api) + path, headers=self.auth), timeout=10)
 
     def post(self, path: str, body: dict[str, Any], key: str, api: str | None = None) -> tuple[int, dict]:
         request = urllib.request.Request(
             (api or self.api) + path,
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Idempotency-Key": key},
+            headers={**self.auth, "Content-Type": "application/json", "Idempotency-Key": key},
             method="POST",
         )
         try:

@@ -33,10 +33,10 @@ def regions(served: Served, *args: str, timeout: float = 240) -> subprocess.Comp
     )  # fmt: skip
 
 
-def _post(url: str, body: dict[str, Any], key: str) -> tuple[int, dict, dict]:
+def _post(url: str, body: dict[str, Any], key: str, token: str) -> tuple[int, dict, dict]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json", "Idempotency-Key": key},
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json", "Idempotency-Key": key},
     )  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -52,6 +52,7 @@ class Router:
 
     def __init__(self, served: Served, homes: dict[str, str]) -> None:
         self.apis = served.apis
+        self.token = served.token
         self.homes = dict(homes)
         self.acknowledged: Counter = Counter()
         self.refusals: Counter = Counter()
@@ -61,7 +62,7 @@ class Router:
     def credit(self, account: str, amount: int, key: str, deadline: float) -> int:
         homes_before = dict(self.homes)
         while True:
-            status, body, headers = _post(f"{self.apis[self.homes[account]]}/accounts/{account}/credits", {"amount": amount, "currency": "EUR"}, key)
+            status, body, headers = _post(f"{self.apis[self.homes[account]]}/accounts/{account}/credits", {"amount": amount, "currency": "EUR"}, key, self.token)
             if status == 201:
                 with self.lock:
                     if headers.get("Idempotent-Replayed") != "true":
@@ -156,7 +157,7 @@ def test_a_forced_fail_over_during_a_partition_waits_out_the_lease_then_heals_an
 
         deadline = time.monotonic() + 30
         while True:  # both sides fence themselves: with two regions, a split leaves no majority
-            status, body, headers = _post(f"{served.apis[EAST]}/accounts/e1/credits", {"amount": 1, "currency": "EUR"}, "probe")
+            status, body, headers = _post(f"{served.apis[EAST]}/accounts/e1/credits", {"amount": 1, "currency": "EUR"}, "probe", served.token)
             if status == 503 and body["code"] == "region_fenced":
                 break
             if status == 201 and headers.get("Idempotent-Replayed") != "true":
@@ -164,7 +165,7 @@ def test_a_forced_fail_over_during_a_partition_waits_out_the_lease_then_heals_an
             assert time.monotonic() < deadline, (status, body)
             time.sleep(0.2)
         assert headers.get("Retry-After")
-        with urllib.request.urlopen(f"{served.apis[EAST]}/accounts/e1/balance", timeout=10) as read:
+        with served.open("/accounts/e1/balance", served.apis[EAST]) as read:
             assert read.headers["Region-Fenced"] == "true"  # reads go on, and say so
 
         forced = regions(served, "failover", "--from", EAST, "--to", WEST, "--force")
@@ -180,7 +181,7 @@ def test_a_forced_fail_over_during_a_partition_waits_out_the_lease_then_heals_an
         for region in (EAST, WEST):
             view = served.get("/accounts/e1/balance", api=served.apis[region])
             assert (view["balance"], view["available"]) == (expected, expected), (region, view)
-        status, body, _ = _post(f"{served.apis[EAST]}/accounts/w1/credits", {"amount": 1, "currency": "EUR"}, "east-still-out")
+        status, body, _ = _post(f"{served.apis[EAST]}/accounts/w1/credits", {"amount": 1, "currency": "EUR"}, "east-still-out", served.token)
         assert (status, body["code"]) == (503, "region_fenced"), "the east took writes before it was failed back to"
 
         back = regions(served, "failover", "--from", WEST, "--to", EAST)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -27,12 +28,15 @@ def _readme_tour() -> str:
 
 def test_the_readme_tour_runs_against_a_real_server(served: Served) -> None:
     script = _readme_tour().replace("API=http://127.0.0.1:8000", f"API={served.api}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    env["LEDGER_DATA_DIR"] = str(served.data_dir)  # where `ledger tokens issue` finds the serve's key
 
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Idempotent-Replayed: true" in result.stdout
-    for code in ("insufficient_funds", "validation_error", "idempotency_key_missing", "idempotency_key_reused"):
+    for code in ("insufficient_funds", "validation_error", "idempotency_key_missing", "idempotency_key_reused",
+                 "unauthorized", "account_not_found"):
         assert f'"code":"{code}"' in result.stdout
     history = served.get("/accounts/alice/events?limit=1000")["events"]
     assert [e["type"] for e in history] == [
@@ -47,7 +51,7 @@ def test_the_ledger_survives_a_restart_and_stopping_leaves_no_process(served: Se
     request = urllib.request.Request(
         served.api + "/accounts",
         data=json.dumps({"account_id": "carol", "currency": "USD"}).encode(),
-        headers={"Content-Type": "application/json", "Idempotency-Key": "open-carol"},
+        headers={**served.auth, "Content-Type": "application/json", "Idempotency-Key": "open-carol"},
         method="POST",
     )
     urllib.request.urlopen(request, timeout=10).close()
@@ -85,3 +89,28 @@ def test_operator_commands_find_the_running_serve_through_its_data_dir(served: S
     assert verified.returncode == 2 and "no `ledger serve` has run in .ledger-data" in verified.stderr, verified.stderr
     assert pointed.returncode == 0, pointed.stdout + pointed.stderr
     assert "every balance equals the fold of its log" in pointed.stdout
+
+
+def test_serve_is_secure_by_default(served: Served, data_dir: Path) -> None:
+    """A key made on first start (owner-only), the ready line's operator token works, and no token is a 401."""
+    assert (data_dir / "token-signing-key").stat().st_mode & 0o077 == 0
+    status, body = served.post("/accounts", {"account_id": "erin", "currency": "EUR"}, "open-erin")
+    assert status == 201, body
+
+    try:
+        urllib.request.urlopen(served.api + "/accounts/erin", timeout=10)
+        raise AssertionError("read without a token")
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 401
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        assert refused.headers["WWW-Authenticate"] == 'Bearer realm="dynamo-ledger"'
+        assert json.load(refused)["code"] == "unauthorized"
+    issued = subprocess.run(
+        [*ledger_command(), "tokens", "issue", "--principal", "erin-app", "--role", "reader", "--accounts", "erin",
+         "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    reader = {"Authorization": f"Bearer {issued.stdout.strip()}"}
+    with urllib.request.urlopen(urllib.request.Request(served.api + "/accounts/erin", headers=reader), timeout=10) as read:
+        assert json.load(read)["account_id"] == "erin"
+    assert urllib.request.urlopen(urllib.request.Request(served.api + "/openapi.json"), timeout=10).status == 200
