@@ -37,6 +37,8 @@ from ledger.service import DEFAULT_PAGE, MAX_PAGE, Outcome
 from projections.queries import BalanceView
 
 from access.grants import Grant
+from observability import telemetry as figures
+
 from . import openapi
 from .auth import grant_of, install_authorizer, require_account, require_role
 from .problems import problem_for, problem_from_chalice
@@ -90,6 +92,7 @@ def create_app(root: Root) -> Chalice:
     marked = "aws-chalice/" in os.environ.get("AWS_EXECUTION_ENV", "")
     app = Chalice(app_name="dynamo-ledger", env={} if marked else os.environ)
     app.register_middleware(_problem_details, "http")
+    app.register_middleware(_flushing(root), "http")
     authorizer = install_authorizer(app, root)
     for path, methods, roles, view in _ROUTES:
         guarded = {"authorizer": authorizer} if roles else {}
@@ -107,6 +110,8 @@ def _bound(app: Chalice, root: Root, roles: tuple[str, ...], view: Callable[...,
                 grant = grant_of(request)
                 require_role(grant, roles)
             response = view(View(root, request, grant), **path_params)
+            if response.status_code == 201:
+                root.api_telemetry.count(figures.REPLAYED if "Idempotent-Replayed" in response.headers else figures.RECORDED)
             if root.lease is not None and root.lease.fenced():
                 # Reads go on while cut off from every peer; they say the other regions' writes may be missing.
                 response.headers["Region-Fenced"] = "true"
@@ -117,14 +122,37 @@ def _bound(app: Chalice, root: Root, roles: tuple[str, ...], view: Callable[...,
                 elsewhere.extra["home_url"] = home_url
             return problem_for(elsewhere)
         except errors.LedgerError as error:
+            _count_refusal(root, error)
             return problem_for(error)
         except (BotoCoreError, ClientError) as failure:
             # DynamoDB failed (throttled past botocore's retries, 5xx, unreachable, an
             # unknown error): a fast, retryable 503, never a 500.
-            logger.exception("store failure", extra={"error_code": _error_code(failure)})
+            logger.exception("store failure", extra={"error_code": _error_code(failure), "region": root.settings.region})
+            root.api_telemetry.count(figures.STORE_UNAVAILABLE)
             return problem_for(errors.StoreUnavailable("the ledger's store did not answer; retry with the same Idempotency-Key"))
 
     return answer
+
+
+def _count_refusal(root: Root, error: errors.LedgerError) -> None:
+    telemetry = root.api_telemetry
+    telemetry.count(figures.REFUSALS)
+    if isinstance(error, errors.IdempotencyKeyReused):
+        telemetry.count(figures.KEY_MISMATCHES)
+    elif isinstance(error, errors.StoreUnavailable):
+        telemetry.count(figures.STORE_UNAVAILABLE)
+
+
+def _flushing(root: Root) -> Callable[[Request, Callable[[Request], Response]], Response]:
+    """After every request, one EMF line with what it counted (none when it counted nothing)."""
+
+    def flush(event: Request, get_response: Callable[[Request], Response]) -> Response:
+        try:
+            return get_response(event)
+        finally:
+            root.api_telemetry.flush()
+
+    return flush
 
 
 def _problem_details(event: Request, get_response: Callable[[Request], Response]) -> Response:

@@ -31,6 +31,7 @@ from projections.projector import Projector
 from projections.queries import BalanceQueries
 from projections.schema import ProjectionTables
 from projections.store import BalanceStore
+from observability.telemetry import Telemetry
 
 
 @dataclass
@@ -68,7 +69,16 @@ class Root:
             cursors=self.cursors,
             regions=self.settings.regions,
             write_gate=self._write_gate,
+            observe=self.api_telemetry.count,
         )
+
+    @cached_property
+    def api_telemetry(self) -> Telemetry:
+        return Telemetry("ledger-api", self.settings.region)
+
+    @cached_property
+    def projector_telemetry(self) -> Telemetry:
+        return Telemetry("ledger-projector", self.settings.region)
 
     def _write_gate(self) -> None:
         if self.admission is not None:
@@ -100,7 +110,7 @@ class Root:
     @cached_property
     def stream_handler(self) -> Any:
         """The `(event, context)` function Lambda and the local poller both call."""
-        return make_handler(lambda: self.projector)
+        return make_handler(lambda: self.projector, self.projector_telemetry)
 
     @cached_property
     def checkpoints(self) -> Checkpoints:

@@ -185,9 +185,11 @@ class Ledger:
         cursors: CursorCodec | None = None,
         regions: tuple[str, ...] = (),
         write_gate: Callable[[], None] = lambda: None,
+        observe: Callable[[str, int], None] = lambda name, count: None,
     ) -> None:
         self._store = store
         self._write_gate = write_gate  # raises while this region may not write (failover.lease)
+        self._observe = observe  # counts what operators watch ("ConflictsRetried", "Redrafts"); no I/O here
         self._region = region
         self._ttl = idempotency_ttl
         self._retry = retry
@@ -414,6 +416,7 @@ class Ledger:
                 remints += 1
                 if remints > self._retry.max_remints:
                     break
+                self._observe("Redrafts", 1)
                 mint.learn(stale)
                 commit, record = self._sealed(draft(mint), record_id, fp, now)
                 continue
@@ -428,6 +431,7 @@ class Ledger:
                 # expired and deleted in between: record afresh (counts as an attempt)
             except Contention as busy:
                 contention = busy
+                self._observe("ConflictsRetried", 1)
             attempt += 1
             delay = self._retry.delay(attempt)
             if attempt >= self._retry.attempts or self._monotonic() - started + delay > self._retry.budget_seconds:

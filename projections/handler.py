@@ -19,8 +19,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
@@ -28,12 +27,12 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from ledger.events import Event, parse_event
 from ledger.ids import parse_rfc3339
 from ledger.schema import STORAGE_ATTRIBUTES
+from observability import telemetry as figures
+from observability.telemetry import Telemetry
 
 from .projector import Projector, key_of
 
 logger = Logger(service="ledger-projector")
-metrics = Metrics(namespace="DynamoLedger", service="ledger-projector")
-
 
 
 def event_from_image(image: dict[str, Any]) -> Event:
@@ -50,24 +49,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def handle_stream_event(event: dict[str, Any], context: Any, projector: Projector) -> PartialItemFailureResponse:
+def handle_stream_event(event: dict[str, Any], context: Any, projector: Projector, telemetry: Telemetry) -> PartialItemFailureResponse:
     """Project one batch of stream records; return the failed records' sequence numbers."""
+    records = event.get("Records", [])
+    # The batch's log lines carry its first record's id; each failure names its transaction too.
+    logger.set_correlation_id(records[0].get("eventID") if records else None)
     parsed: dict[str, Event] = {}
     for raw in event.get("Records", []):
         if raw.get("eventName") == "INSERT":
             try:
                 parsed[raw["dynamodb"]["SequenceNumber"]] = event_from_image(DynamoDBRecord(raw).dynamodb.new_image)
             except Exception:  # noqa: BLE001 - the record handler reports the parse error for this record
-                logger.exception("unparseable event record", extra={"record": raw.get("eventID")})
+                logger.exception("unparseable event record", extra={"record": raw.get("eventID"), "region": telemetry.region})
     report = projector.project(list(parsed.values()))
     if parsed:
         oldest = min(e.recorded_at for e in parsed.values())
         lag = (datetime.now(timezone.utc) - parse_rfc3339(oldest)).total_seconds() * 1000
-        metrics.add_metric(name="ProjectionLagMilliseconds", unit=MetricUnit.Milliseconds, value=max(lag, 0))
-    if report.duplicates:
-        metrics.add_metric(name="DuplicatesSkipped", unit=MetricUnit.Count, value=len(report.duplicates))
-    if report.applied:
-        metrics.add_metric(name="EventsProjected", unit=MetricUnit.Count, value=len(report.applied))
+        telemetry.lag(max(lag, 0))
+    telemetry.count(figures.DUPLICATES, len(report.duplicates))
+    telemetry.count(figures.PROJECTED, len(report.applied))
 
     def record_handler(record: DynamoDBRecord) -> None:
         kind = record.get("eventName")
@@ -78,20 +78,21 @@ def handle_stream_event(event: dict[str, Any], context: Any, projector: Projecto
                 raise ValueError(f"record {record.event_id} does not hold a ledger event")
             failure = report.failed.get(key_of(projected))
             if failure is not None:
+                logger.warning("event not projected; retried", extra={"transaction_id": projected.transaction_id,
+                                                                      "event_id": projected.event_id, "error": str(failure)})
                 raise failure
         elif kind in ("MODIFY", "REMOVE"):
-            _integrity_alarm(record)
+            _integrity_alarm(record, telemetry)
         else:
             logger.debug("skipped a stream record of unknown kind", extra={"eventName": kind})
 
     try:
         return process_partial_response(event=event, record_handler=record_handler, processor=BatchProcessor(EventType.DynamoDBStreams), context=context)
     finally:
-        if metrics.metric_set:
-            metrics.flush_metrics()
+        telemetry.flush()
 
 
-def _integrity_alarm(record: DynamoDBRecord) -> None:
+def _integrity_alarm(record: DynamoDBRecord, telemetry: Telemetry) -> None:
     logger.error(
         "integrity alarm: an event was modified or removed; the projection ignores the change",
         extra={
@@ -99,18 +100,21 @@ def _integrity_alarm(record: DynamoDBRecord) -> None:
             "keys": _plain(record.dynamodb.keys),
             "old_image": _plain(record.dynamodb.old_image),
             "new_image": _plain(record.dynamodb.new_image),
+            "region": telemetry.region,
         },
     )
-    metrics.add_metric(name="IntegrityAlarms", unit=MetricUnit.Count, value=1)
+    telemetry.count(figures.INTEGRITY_ALARMS)
 
 
-def make_handler(projector_factory: Callable[[], Projector]) -> Callable[[dict[str, Any], Any], PartialItemFailureResponse]:
+def make_handler(
+    projector_factory: Callable[[], Projector], telemetry: Telemetry
+) -> Callable[[dict[str, Any], Any], PartialItemFailureResponse]:
     """A `(event, context)` handler that builds its projector on first use."""
     built: list[Projector] = []
 
     def handler(event: dict[str, Any], context: Any = None) -> PartialItemFailureResponse:
         if not built:
             built.append(projector_factory())
-        return handle_stream_event(event, context, built[0])
+        return handle_stream_event(event, context, built[0], telemetry)
 
     return handler

@@ -203,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
         _data_dir_option(command)
         command.set_defaults(handler=_regions(handler))
 
-    from . import tokens
+    from . import status, tokens
 
     tokens.add_parser(commands)
+    status.add_parser(commands, _endpoint_options)
 
     export = commands.add_parser("export", help="stream events to a file (resumable), with a manifest")
     _endpoint_options(export)

@@ -65,7 +65,7 @@ keep working) and replaces the HTTP layer. Each defence, and why:
   response goes out in one write, so keep-alive requests never wait ~40 ms for
   Nagle against delayed ACK.
 - **Crashes:** an exception escaping the gateway is `500 internal_error`; the
-  traceback goes to stderr, never into the body. Chalice's authorizer refusals
+  traceback goes to the JSON log (stderr), never into the body. Chalice's authorizer refusals
   become `401 unauthorized` and `403 forbidden` problem documents.
 - **Thread safety:** like chalice's server, the app's class is swapped for one
   whose `current_request` is thread-local, so concurrent requests cannot see
@@ -77,6 +77,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import io
+import logging
 import math
 import re
 import socket
@@ -84,13 +85,13 @@ import socketserver
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
+from aws_lambda_powertools import Logger
 from chalice import Chalice
 from chalice.config import Config
 from chalice.local import (
@@ -107,6 +108,21 @@ from api.problems import problem_body as api_problem_body
 from api.requests import json_media_type
 
 __all__ = ["LedgerHTTPServer", "create_server", "default_allowed_hosts", "host_allowed", "json_media_type"]
+
+# Failures inside a request are logged as JSON on stderr (stdout carries the ready line and metrics).
+class _Stderr(logging.StreamHandler):
+    """Whatever `sys.stderr` is when a line is written (a test's capture, a redirected stream)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+logger = Logger(service="ledger-http", logger_handler=_Stderr())
 
 SERVER_NAME = "dynamo-ledger"
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
@@ -393,8 +409,7 @@ class _Connection:
                           headers={"WWW-Authenticate": 'Bearer realm="dynamo-ledger"'}) from None
         except Exception as exc:  # LocalGatewayException (bad authorizer) or a crash in the app
             kind = "authorizer" if isinstance(exc, LocalGatewayException) else "app"
-            print(f"ledger http: {request.method} {request.target} failed in the {kind}:\n{traceback.format_exc()}",
-                  file=sys.stderr, flush=True)
+            logger.exception("request failed", extra={"failed_in": kind, "method": request.method, "target": request.target[:200]})
             raise Refusal(500, "internal_error", "the server failed to handle the request", keep=True) from None
 
     def _send(self, data: bytes) -> None:
@@ -513,7 +528,7 @@ class LedgerHTTPServer(socketserver.TCPServer):
         try:
             _Connection(self, sock, accepted_at).run()
         except Exception:  # a bug here must not kill the worker silently
-            print(f"ledger http: connection failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            logger.exception("connection failed")
             sock.close()
         finally:
             self._forget(sock)

@@ -40,7 +40,7 @@ from replication.queue import ShipmentQueue
 from replication.replicator import Lag, Region, Replicator
 from replication.stamps import HybridClock, Stamper
 
-from . import discovery
+from . import discovery, status
 from .dynamodb_local import DynamoDBLocal
 from .http_server import create_server
 from .journal import WriteJournal
@@ -165,6 +165,7 @@ def serve_regions(
         )
         state.write(data_dir)
         stack.callback(discovery.remove, data_dir)
+        status.publish(stack, data_dir, lambda: [status.region_figures(r.root, r.projector) for r in list(regions)])
         listing = ", ".join(f"{r.name} {r.api_url}" for r in regions)
         try:  # the ready line inside: a Ctrl-C the moment it is read is a clean stop too
             print(

@@ -28,7 +28,7 @@ from api.app import create_app
 from composition.root import Root
 from ledger.config import Settings, dynamodb_client, streams_client
 
-from . import discovery
+from . import discovery, status
 from .dynamodb_local import DynamoDBLocal, EmbeddedDynamoDBError, java_available
 from .http_server import create_server
 from .journal import WriteJournal
@@ -99,7 +99,7 @@ def _recover(journal: WriteJournal, client) -> None:
 _LOCAL_POLLER = PollerConfig(max_attempts=10, backoff_cap_seconds=5.0)
 
 
-def _start_projector(stack: ExitStack, root: Root, data_dir: Path) -> str:
+def _start_projector(stack: ExitStack, root: Root, data_dir: Path) -> StreamPoller:
     """Poll the events stream in a thread until the stack unwinds; return where its files are."""
     data_dir.mkdir(parents=True, exist_ok=True)
     # CloudWatch embedded-metric JSON on stdout means nothing locally; set it to
@@ -121,7 +121,7 @@ def _start_projector(stack: ExitStack, root: Root, data_dir: Path) -> str:
         thread.join(timeout=15)
 
     stack.callback(stop_projector)
-    return f"projector polling the events stream, dead letters to {poller.dead_letter_path}"
+    return poller
 
 
 def _try(root: Root, base: str) -> str:
@@ -173,8 +173,10 @@ def serve(
             where += ", every acknowledged write journaled"
         settings = with_local_key(settings, data_dir)
         root = Root(settings, client=client)
+        poller = None
         if projector:
-            _say(_start_projector(stack, root, data_dir.resolve()))
+            poller = _start_projector(stack, root, data_dir.resolve())
+            _say(f"projector polling the events stream, dead letters to {poller.dead_letter_path}")
         try:
             server = create_server(create_app(root), Config(chalice_stage=settings.stage), host, port)
         except OSError as exc:
@@ -196,6 +198,7 @@ def serve(
         data_dir.mkdir(parents=True, exist_ok=True)
         state.write(data_dir)
         stack.callback(discovery.remove, data_dir)
+        status.publish(stack, data_dir, lambda: [status.region_figures(root, poller)])
         try:  # the ready line inside: a Ctrl-C the moment it is read is a clean stop too
             print(f"ledger ready: API {base} ({where}, stage {settings.stage}, region {settings.region}). {_try(root, base)}", flush=True)
             server.serve_forever()

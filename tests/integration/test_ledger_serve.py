@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -114,3 +115,30 @@ def test_serve_is_secure_by_default(served: Served, data_dir: Path) -> None:
     with urllib.request.urlopen(urllib.request.Request(served.api + "/accounts/erin", headers=reader), timeout=10) as read:
         assert json.load(read)["account_id"] == "erin"
     assert urllib.request.urlopen(urllib.request.Request(served.api + "/openapi.json"), timeout=10).status == 200
+
+
+def test_ledger_status_shows_what_serve_counted(served: Served, data_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+    assert served.post("/accounts", {"account_id": "finn", "currency": "EUR"}, "open-finn")[0] == 201
+    assert served.post("/accounts/finn/credits", {"amount": 5, "currency": "EUR"}, "pay-finn")[0] == 201
+    assert served.post("/accounts/finn/credits", {"amount": 5, "currency": "EUR"}, "pay-finn")[0] == 201  # a replay
+    assert served.post("/accounts/finn/credits", {"amount": 6, "currency": "EUR"}, "pay-finn")[0] == 422  # key reused
+
+    deadline = time.monotonic() + 60
+    while True:  # published once a second; the projector applies both events
+        shown = subprocess.run([*ledger_command(), "status", "--json", "--data-dir", str(data_dir)],
+                               capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        report = json.loads(shown.stdout)
+        region = (report.get("regions") or [{}])[0]
+        if region and region["projector"]["totals"].get("EventsProjected", 0) >= 2:
+            break
+        assert time.monotonic() < deadline, shown.stdout
+        time.sleep(0.2)
+    assert region["api"]["totals"] == {"WritesRecorded": 2, "WritesReplayed": 1, "IdempotencyKeyMismatches": 1, "Refusals": 1}
+    assert region["projector"]["lag_ms"]["samples"] >= 1
+    assert report["tables"]["items"]["dev-ledger-events"] == 2 and report["tables"]["exact"]
+
+    human = subprocess.run([*ledger_command(), "status", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60, env=env)
+    assert "writes recorded 2, replayed 1, key mismatches 1" in human.stdout, human.stdout
+    assert "events projected 2" in human.stdout and "lag p50" in human.stdout
