@@ -30,7 +30,7 @@ from audit.checkpoints import Fold
 from composition.root import Root
 from ledger import errors
 from ledger.accounts import Account
-from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest
+from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, StatusChangeRequest, TransferRequest
 from ledger.events import Event
 from ledger.ids import format_rfc3339, parse_rfc3339, ulid_time
 from ledger.service import DEFAULT_PAGE, MAX_PAGE, Outcome
@@ -203,6 +203,21 @@ def get_account(view: View, account_id: str) -> Response:
     return _json(200, view.root.ledger.get_account(account_id).public())
 
 
+@route("/accounts/{account_id}/freeze", methods=["POST"], roles=("operator",))
+def freeze_account(view: View, account_id: str) -> Response:
+    return _written(view.root.ledger.freeze(view.caller, account_id, _optional_body(view.request, StatusChangeRequest)))
+
+
+@route("/accounts/{account_id}/unfreeze", methods=["POST"], roles=("operator",))
+def unfreeze_account(view: View, account_id: str) -> Response:
+    return _written(view.root.ledger.unfreeze(view.caller, account_id, _optional_body(view.request, StatusChangeRequest)))
+
+
+def _optional_body(request: Request, model):
+    """No body (or `{}`) is the model's defaults."""
+    return parse_body(request, model) if request.raw_body else model()
+
+
 @route("/accounts/{account_id}/balance", methods=["GET"], roles=("reader", "auditor"))
 def get_balance(view: View, account_id: str) -> Response:
     view.sees(account_id)
@@ -334,8 +349,7 @@ def get_transaction(view: View, transaction_id: str) -> Response:
 def reverse_transaction(view: View, transaction_id: str) -> Response:
     request = view.request
     # The body is optional: no body (or `{}`) reverses with a default description.
-    body = parse_body(request, ReversalRequest) if request.raw_body else ReversalRequest()
-    return _written(view.root.ledger.reverse(view.caller, transaction_id, body))
+    return _written(view.root.ledger.reverse(view.caller, transaction_id, _optional_body(request, ReversalRequest)))
 
 
 @route("/accounts/{account_id}/events", methods=["GET"], roles=("reader", "auditor"))

@@ -19,7 +19,7 @@ from pydantic.json_schema import models_json_schema
 
 from ledger import errors
 from ledger.ids import ACCOUNT_ID_PATTERN, ULID_PATTERN
-from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest
+from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, StatusChangeRequest, TransferRequest
 from ledger.service import MAX_IDEMPOTENCY_KEY, MAX_PAGE
 
 from . import schemas
@@ -43,7 +43,7 @@ TRANSPORT_PROBLEMS: dict[str, int] = {
 
 _REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
-    OpenAccountRequest, MovementRequest, TransferRequest, ReversalRequest,
+    OpenAccountRequest, MovementRequest, TransferRequest, ReversalRequest, StatusChangeRequest,
     schemas.AccountOut, schemas.TransactionOut, schemas.BalanceOut, schemas.PointInTimeOut, schemas.DigestOut,
     schemas.HistoryPageOut, schemas.TimelinePageOut, schemas.Problem, schemas.EventOut,
 ]  # fmt: skip
@@ -164,6 +164,22 @@ def _paths() -> dict[str, Any]:
         },
         "/accounts/{account_id}": {
             "get": _operation("getAccount", "The account", (200, _ref(schemas.AccountOut)), [*_READ_CODES, "account_not_found"], [_ACCOUNT]),
+        },
+        "/accounts/{account_id}/freeze": {
+            "post": _operation(
+                "freezeAccount", "Freeze the account (operator): an account.status_changed event; no movement until unfrozen",
+                (201, transaction), [*_WRITE_CODES, "invalid_identifier", "account_not_found", "account_not_open", "wrong_region",
+                                     "account_moving", "duplicate_event"],
+                [_ACCOUNT], body=StatusChangeRequest, body_required=False, written=True,
+            ),
+        },
+        "/accounts/{account_id}/unfreeze": {
+            "post": _operation(
+                "unfreezeAccount", "Unfreeze the account (operator): an account.status_changed event",
+                (201, transaction), [*_WRITE_CODES, "invalid_identifier", "account_not_found", "account_not_frozen", "wrong_region",
+                                     "account_moving", "duplicate_event"],
+                [_ACCOUNT], body=StatusChangeRequest, body_required=False, written=True,
+            ),
         },
         "/accounts/{account_id}/credits": {
             "post": _operation(

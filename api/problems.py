@@ -29,6 +29,7 @@ STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
     errors.TransactionNotFound: 404,
     errors.AccountAlreadyExists: 409,
     errors.AccountNotOpen: 409,
+    errors.AccountNotFrozen: 409,
     errors.IdempotencyInFlight: 409,
     errors.DuplicateEvent: 409,
     errors.AlreadyReversed: 409,

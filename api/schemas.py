@@ -20,7 +20,7 @@ class _Out(BaseModel):
 
 
 class EventOut(RootModel[Event]):
-    """One event: `account.opened`, `account.credited`, `account.debited` or `account.home_moved`."""
+    """One event: `account.opened`, `account.credited`, `account.debited`, `account.home_moved` or `account.status_changed`."""
 
 
 class AccountOut(_Out):
@@ -39,7 +39,7 @@ class TransactionOut(_Out):
     """Every leg of one transaction; a write answers with the legs it recorded."""
 
     transaction_id: str
-    type: Literal["open", "credit", "debit", "transfer", "reversal", "move"]
+    type: Literal["open", "credit", "debit", "transfer", "reversal", "move", "freeze", "unfreeze"]
     reverses: str | None = Field(None, description="on a reversal: the transaction it negates")
     reversed_by: str | None = Field(None, description="the reversal of this transaction, once reversed")
     events: list[EventOut]

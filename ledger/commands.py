@@ -101,6 +101,13 @@ class ReversalRequest(_Request):
     metadata: Metadata = Field(default_factory=dict)
 
 
+class StatusChangeRequest(_Request):
+    """Freezing or unfreezing an account (from the path): why, for the record."""
+
+    description: Description | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
 def fingerprint(operation: str, target: str | None, request: BaseModel) -> str:
     """SHA-256 over the canonical JSON of what is asked: same meaning, same hash."""
     canonical = json.dumps(

@@ -112,6 +112,13 @@ class AccountNotOpen(LedgerError):
     title = "The account is not open"
 
 
+class AccountNotFrozen(LedgerError):
+    """An unfreeze of an account that is not frozen."""
+
+    code = "account_not_frozen"
+    title = "The account is not frozen"
+
+
 class CurrencyMismatch(LedgerError):
     """The movement's currency differs from the account's."""
 

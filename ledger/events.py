@@ -17,7 +17,7 @@ from .money import MAX_AMOUNT, MIN_AMOUNT
 SCHEMA_VERSION = 1
 
 Amount = Annotated[int, Field(strict=True, ge=MIN_AMOUNT, le=MAX_AMOUNT)]
-TransactionType = Literal["open", "credit", "debit", "transfer", "reversal", "move"]
+TransactionType = Literal["open", "credit", "debit", "transfer", "reversal", "move", "freeze", "unfreeze"]
 
 
 class _Event(BaseModel):
@@ -92,7 +92,14 @@ class HomeMoved(_Event):
     forced: bool = False
 
 
-Event = Annotated[Union[AccountOpened, Credited, Debited, HomeMoved], Field(discriminator="type")]
+class StatusChanged(_Event):
+    """An operator froze the account (it takes no credit, debit or transfer until unfrozen) or unfroze it."""
+
+    type: Literal["account.status_changed"] = "account.status_changed"
+    status: Literal["open", "frozen"]
+
+
+Event = Annotated[Union[AccountOpened, Credited, Debited, HomeMoved, StatusChanged], Field(discriminator="type")]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 

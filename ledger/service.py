@@ -22,8 +22,8 @@ from typing import Literal
 from . import errors
 from .accounts import Account
 from .cursors import CursorCodec, development_key
-from .commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest, fingerprint
-from .events import AccountOpened, Credited, Debited, Event
+from .commands import MovementRequest, OpenAccountRequest, ReversalRequest, StatusChangeRequest, TransferRequest, fingerprint
+from .events import AccountOpened, Credited, Debited, Event, StatusChanged
 from .ids import format_rfc3339, is_account_id, is_ulid, new_ulid, new_ulid_after, time_range_bounds, ulid_time
 from .reversals import check_reversible, legs_complete, reversal_legs
 from .store import (
@@ -327,6 +327,53 @@ class Ledger:
             return self._transaction_draft(mint, reversal_id, "reversal", events, marker, {"reverses": transaction_id})
 
         return self._record(record_id, fingerprint("reversal", transaction_id, request), draft)
+
+    def freeze(self, caller: Caller, account_id: str, request: StatusChangeRequest) -> Outcome:
+        """Stop every movement of the account (credits, debits, transfers, reversals) until it is unfrozen."""
+        return self._change_status(caller, account_id, "frozen", request)
+
+    def unfreeze(self, caller: Caller, account_id: str, request: StatusChangeRequest) -> Outcome:
+        return self._change_status(caller, account_id, "open", request)
+
+    def _change_status(self, caller: Caller, account_id: str, status: Literal["open", "frozen"], request: StatusChangeRequest) -> Outcome:
+        """An `account.status_changed` event and the account's new status, in one guarded write at its home.
+
+        The guard checks the status it changes from (freezing an account that is not open is
+        `account_not_open`, unfreezing one that is not frozen `account_not_frozen`), the
+        home, the epoch and the order of the account's events, as every movement does.
+        """
+        check_account_id(account_id)
+        caller.check(account_id)
+        record_id = caller.record_id()
+        account = self.get_account(account_id)  # its currency; the guard checks the rest as it writes
+        kind = "freeze" if status == "frozen" else "unfreeze"
+
+        def draft(mint: Minter) -> Draft:
+            event_id = mint(account_id)
+            epoch = mint.epochs.get(account_id, account.write_epoch)
+            event = StatusChanged(
+                entity_id=account_id,
+                event_id=event_id,
+                transaction_id=event_id,
+                transaction_type=kind,
+                currency=account.currency,
+                recorded_at=format_rfc3339(ulid_time(event_id)),
+                region=self._region,
+                idempotency_key=caller.idempotency_key or "",
+                caller=caller.scope,
+                description=request.description,
+                metadata=request.metadata,
+                write_epoch=epoch,
+                status=status,
+            )
+            guard = BalanceGuard(
+                account_id, account.currency, 0, event_id, epoch,
+                status_from="open" if status == "frozen" else "frozen", status_to=status,
+            )  # fmt: skip
+            body = _json({"transaction_id": event_id, "type": kind, "events": [_event_json(event)]})
+            return Draft(Commit(events=(event,), guards=(guard,)), body, f"/accounts/{account_id}")
+
+        return self._record(record_id, fingerprint(kind, account_id, request), draft)
 
     def _all_legs(self, transaction_id: str, caller: Caller) -> list[Event]:
         """The transaction's legs once all are visible: the index may show a transfer half-propagated."""

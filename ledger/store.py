@@ -82,6 +82,8 @@ class BalanceGuard:
     epoch: int = 1  # the account's write epoch this region believes in; a guarded write checks it
     remote: bool = False  # a credit of an account homed elsewhere: checked (exists, open, currency), not written
     remote_ok: bool = False  # a credit that may be remote (a transfer's or reversal's credit leg)
+    status_from: str = "open"  # the status the account must have (every movement: open)
+    status_to: str | None = None  # an operator's freeze or unfreeze: the status it gets
 
 
 @dataclass(frozen=True)
@@ -375,18 +377,20 @@ class EventStore:
                 }
             }
         condition = (
-            "attribute_exists(account_id) AND #status = :open AND currency = :currency AND home_region = :region"
+            "attribute_exists(account_id) AND #status = :status AND currency = :currency AND home_region = :region"
             " AND write_epoch = :epoch AND attribute_not_exists(moving_from)"
             " AND (attribute_not_exists(last_event_id) OR last_event_id < :event)"
         )
         values: dict[str, Any] = {
             ":delta": {"N": str(guard.delta)},
-            ":open": {"S": "open"},
+            ":status": {"S": guard.status_from},
             ":currency": {"S": guard.currency},
             ":region": {"S": self._region},
             ":epoch": {"N": str(guard.epoch)},
             ":event": {"S": guard.event_id},
         }
+        if guard.status_to:
+            values[":to"] = {"S": guard.status_to}
         if guard.delta < 0:
             condition += " AND (allow_overdraft = :true OR available >= :needed)"
             values[":true"] = {"BOOL": True}
@@ -395,7 +399,7 @@ class EventStore:
             "Update": {
                 "TableName": self._tables.accounts,
                 "Key": {"account_id": {"S": guard.account_id}},
-                "UpdateExpression": "ADD available :delta SET last_event_id = :event",
+                "UpdateExpression": "ADD available :delta SET last_event_id = :event" + (", #status = :to" if guard.status_to else ""),  # noqa: E501
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": {"#status": "status"},
                 "ExpressionAttributeValues": values,
@@ -411,7 +415,9 @@ class EventStore:
         name = guard.account_id
         if account is None:
             return errors.AccountNotFound(f"account {name!r} does not exist", account_id=name)
-        if account.status != "open":
+        if account.status != guard.status_from:
+            if guard.status_from == "frozen":
+                return errors.AccountNotFrozen(f"account {name!r} is {account.status}", account_id=name)
             return errors.AccountNotOpen(f"account {name!r} is {account.status}", account_id=name)
         if account.currency != guard.currency:
             return errors.CurrencyMismatch(

@@ -76,6 +76,8 @@ def _foreign_requests(ids: dict[str, Any]) -> dict[str, tuple[str, str, dict | N
         "transfer in": ("POST", "/transfers", {"from_account": "acme:alice", "to_account": "globex:bob", "amount": 1, "currency": EUR}, missing),
         "transaction": ("GET", f"/transactions/{ids['bob_credit']}", None, gone),
         "transfer's legs": ("GET", f"/transactions/{ids['globex_transfer']}", None, gone),
+        "freeze": ("POST", "/accounts/globex:bob/freeze", {}, missing),
+        "unfreeze": ("POST", "/accounts/globex:bob/unfreeze", {}, missing),
         "reversal": ("POST", f"/transactions/{ids['bob_credit']}/reversal", {}, gone),
         "timeline": ("GET", "/events?from=2020-01-01T00:00:00Z", None, (403, "forbidden")),
     }
