@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from audit.canonical import canonical_fields, canonical_line, digest_of
-from audit.export import CSV_COLUMNS, ExportError, Query, export
+from audit.export import CSV_COLUMNS, ExportError, Query, account_source, export
 from ledger.ids import format_rfc3339, ulid_time
 from past_events import EPOCH, append, at, past_event
 from runtime.cli import main
@@ -124,3 +124,24 @@ def test_the_cli_exports_one_account_and_its_digest_continues_to_the_api_s(api, 
 
 def _t(event):
     return ulid_time(event.event_id)
+
+
+def test_csv_has_a_column_for_every_field_of_every_event_type(root, ledger, tmp_path: Path):
+    """Events as the service writes them: with their caller, and of every type (a freeze included)."""
+    from ledger.commands import MovementRequest, OpenAccountRequest, StatusChangeRequest
+    from ledger.events import HomeMoved
+    from ledger.service import Caller
+
+    ledger.open_account(Caller("ops", "o"), OpenAccountRequest(account_id="zed", currency="EUR"))
+    ledger.credit(Caller("app", "c"), "zed", MovementRequest(amount=5, currency="EUR"))
+    ledger.freeze(Caller("ops", "f"), "zed", StatusChangeRequest(description="review"))
+    types = {name for name, field in HomeMoved.model_fields.items()}
+    assert types <= set(CSV_COLUMNS) | {"type", "amount"}, "a HomeMoved field has no CSV column"
+    out = tmp_path / "real.csv"
+
+    export(account_source(root.event_store, ("zed",), None, None), Query(("zed",), None, None, "csv"), out)
+
+    rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
+    assert [(r["type"], r["caller"], r["status"]) for r in rows] == [
+        ("account.opened", "ops", ""), ("account.credited", "app", ""), ("account.status_changed", "ops", "frozen"),
+    ]  # fmt: skip
