@@ -14,6 +14,10 @@ from composition.root import Root
 
 root = Root.from_environment()  # builds nothing yet: every part is made on first use
 app = create_app(root)
+# API Gateway runs the built-in authorizer as a function of its own, whose handler Chalice
+# names after the decorated function: `app.token_authorizer` (with Cognito, API Gateway
+# checks tokens itself and this is unused).
+token_authorizer = app.ledger_authorizer
 
 
 @app.on_dynamodb_record(

@@ -94,6 +94,7 @@ def create_app(root: Root) -> Chalice:
     app.register_middleware(_problem_details, "http")
     app.register_middleware(_flushing(root), "http")
     authorizer = install_authorizer(app, root)
+    app.ledger_authorizer = authorizer  # app.py names it for Lambda (`app.token_authorizer`)
     for path, methods, roles, view in _ROUTES:
         guarded = {"authorizer": authorizer} if roles else {}
         app.route(path, methods=methods, name=view.__name__, **guarded)(_bound(app, root, roles, view))
