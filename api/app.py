@@ -337,13 +337,14 @@ def get_transaction(view: View, transaction_id: str) -> Response:
     assert view.grant is not None
     if not any(view.grant.covers(event.entity_id) for event in events):  # as if it did not exist
         raise errors.TransactionNotFound(f"no transaction {transaction_id}", transaction_id=transaction_id)
+    shown = [event for event in events if view.grant.covers(event.entity_id)]  # another tenant's leg stays theirs
     body: dict[str, Any] = {"transaction_id": transaction_id, "type": events[0].transaction_type}
     if events[0].reverses:
         body["reverses"] = events[0].reverses
     reversed_by = ledger.reversed_by(transaction_id)
     if reversed_by:
         body["reversed_by"] = reversed_by
-    return _json(200, {**body, "events": _events(events)})
+    return _json(200, {**body, "events": _events(shown)})
 
 
 @route("/transactions/{transaction_id}/reversal", methods=["POST"], roles=("writer",))
