@@ -155,8 +155,14 @@ def wait_seconds(
 
     Every third region must be heard by `asking` right now (its beat fresh within its
     lease): one that is not might still be hearing `region`, and that cannot be told
-    apart from silence (infinite: wait for a heal, or override).
+    apart from silence (infinite: wait for a heal, or override). And there must be a
+    third region at all, a witness: with two, silence cannot tell a dead region from
+    one cut off that has itself failed `asking` over by force (it excluded `asking`, so
+    it writes alone, and its lease no longer depends on hearing anyone); forcing back
+    from this side would make two writers. A two-region split needs `--override-lease`.
     """
+    if not any(name not in (region, asking) for name in beats):
+        return math.inf
     for name, beat in beats.items():
         if name not in (region, asking) and now - beat.beat_at > beat.lease_seconds:
             return math.inf

@@ -380,7 +380,8 @@ def _forced(move: Move, phases: _Phases, args: argparse.Namespace) -> list[str]:
 
         phases.run(
             "lease", lease_running, timeout=args.timeout,
-            what=f"{move.source_name} may still be heard (by {move.target_name}, or by a region {move.target_name} cannot hear itself)",
+            what=f"{move.source_name} may still be heard (by {move.target_name}, or by a region {move.target_name} cannot hear itself;"
+            " with two regions there is no witness: heal, or --override-lease)",
         )  # fmt: skip
     _, exclusions = target.heartbeats.read()
     target.heartbeats.set_exclusions(move.target_name, exclusions.get(move.target_name, set()) | {move.source_name})

@@ -173,7 +173,7 @@ def test_after_a_reversal_balances_and_accounts_are_as_before_the_original_and_t
         for item in (json.loads(i) for i in set(after[tables.idempotency]) - set(before_reversal[tables.idempotency]))
     }
     marker_id = f"reversal#{original['transaction_id']}"
-    assert set(added_records) == {"key#anonymous#undo-it", marker_id}
+    assert set(added_records) == {"key#test-operator#undo-it", marker_id}
     assert added_records[marker_id]["reversal_transaction_id"] == {"S": reversal.json["transaction_id"]}
     assert "expires_at" not in added_records[marker_id]  # once-only for good, not for a day
 

@@ -90,7 +90,7 @@ def test_a_loss_of_the_newest_writes_only_brings_back_those(journaled, settings,
     events = settings.tables.events
     for event in transfer["events"]:  # the transfer's legs are lost; its record too, and the guards' ADDs
         dynamodb.delete_item(TableName=events, Key={"entity_id": {"S": event["entity_id"]}, "event_id": {"S": event["event_id"]}})
-    dynamodb.delete_item(TableName=settings.tables.idempotency, Key={"idempotency_id": {"S": "key#anonymous#t1"}})
+    dynamodb.delete_item(TableName=settings.tables.idempotency, Key={"idempotency_id": {"S": "key#test-operator#t1"}})
     accounts_before_transfer = {"alice": (500, credit["events"][0]["event_id"]), "bob": (0, second["opened_event_id"])}
     for account, (available, last_event_id) in accounts_before_transfer.items():
         dynamodb.update_item(

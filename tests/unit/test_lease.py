@@ -166,3 +166,15 @@ def test_a_region_back_from_a_split_writes_again_only_once_every_peer_heard_it()
     net.cuts = set()
     net.rounds(3)
     assert not net.leases["a"].fenced()
+
+
+def test_with_two_regions_a_forced_fail_over_has_no_witness_and_never_waits_the_lease_out():
+    """Seed 18346634: b forced a's accounts over (excluding a, so b writes alone); a, cut off and unaware,
+    waited out b's lease and forced b's accounts over too: two writers. With two regions the wait never ends."""
+    net = Net(["a", "b"])
+    net.rounds(3)
+    net.cuts = {("a", "b"), ("b", "a")}
+    net.rounds(LEASE + IN_FLIGHT_SECONDS + 1)
+    for asking, region in (("b", "a"), ("a", "b")):
+        beats, _ = _Replica(net, asking).read()
+        assert wait_seconds(beats, region, net.now, asking) == math.inf
