@@ -216,16 +216,41 @@ def pinned_requirements(project: str = "dynamo-ledger") -> list[str]:
     return [f"{name}=={version}" for name, version in sorted(found.items())]
 
 
-def _pip_install(pins: list[str], target: Path) -> None:
-    command = [
-        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        "--no-deps", "--no-compile", "--only-binary=:all:",
-        "--platform", PLATFORM, "--implementation", "cp", "--python-version", python_version(),
-        "--target", str(target), *pins,
-    ]  # fmt: skip
+def wheel_cache() -> Path:
+    """Where Lambda's wheels are kept between builds: $LEDGER_WHEEL_CACHE, else the user cache dir."""
+    configured = os.environ.get("LEDGER_WHEEL_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME")
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return base / "dynamo-ledger" / "wheels" / f"{PLATFORM}-cp{python_version().replace('.', '')}"
+
+
+def _cached(wheelhouse: Path, pin: str) -> bool:
+    name, version = pin.split("==")
+    stem = f"{canonicalize_name(name).replace('-', '_')}-{version}-"
+    return any(w.name.lower().startswith(stem) for w in wheelhouse.glob("*.whl"))
+
+
+def _pip(*arguments: str) -> None:
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", *arguments]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise PackageError(f"pip could not fetch the dependencies for Lambda:\n{done.stderr.strip()}")
+        raise PackageError(f"pip could not get the dependencies for Lambda:\n{done.stderr.strip()}")
+
+
+def _pip_install(pins: list[str], target: Path) -> None:
+    """Install exactly `pins` for Lambda into `target`, downloading only the wheels not kept from an earlier build."""
+    wheelhouse = wheel_cache()
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    platform = ("--only-binary=:all:", "--platform", PLATFORM, "--implementation", "cp", "--python-version", python_version())
+    missing = [pin for pin in pins if not _cached(wheelhouse, pin)]
+    if missing:
+        _pip("download", "--quiet", "--no-deps", *platform, "--dest", str(wheelhouse), *missing)
+    _pip(
+        "install", "--quiet", "--no-deps", "--no-compile", "--no-index", "--find-links", str(wheelhouse),
+        *platform, "--target", str(target), *pins,
+    )  # fmt: skip
     shutil.rmtree(target / "bin", ignore_errors=True)  # console scripts: nothing runs them on Lambda
 
 

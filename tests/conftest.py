@@ -8,6 +8,7 @@ import botocore.client
 import pytest
 
 from event_log_guard import EventLogGuard
+from package_build import PackageBuild, shared_build
 import profiles  # noqa: F401 - registers and loads the Hypothesis profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,12 @@ def event_log_guard():
         yield GUARD
     finally:
         botocore.client.BaseClient._make_api_call = original
+
+
+@pytest.fixture(scope="session")
+def ledger_package(tmp_path_factory: pytest.TempPathFactory) -> PackageBuild:
+    """`ledger package` built once for the whole run (see package_build)."""
+    return shared_build(tmp_path_factory)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
