@@ -9,9 +9,9 @@ its stores make, one statement per table or index:
 - the API (`api_handler`) writes each request in one `TransactWriteItems`: a Put of
   the idempotency record, Puts of new events and of a new account, an Update of each
   account guard or, for a credit homed elsewhere, a ConditionCheck. IAM authorises
-  each item of a transaction as its own action. It reads idempotency records, accounts,
-  the balances view and the freshness read (one `BatchGetItem` over balances and
-  accounts), the log and its two indexes, and checkpoints.
+  each item of a transaction as its own action. It reads idempotency records and
+  accounts, a balance with its account in one `BatchGetItem` (the freshness read),
+  the log and its two indexes, and checkpoints.
 - the projector (`project_events`) reads the events stream, and per account and batch
   commits the seen-marks and the balance change (Updates of balances items) with, at
   the account's home, the settlement of credits recorded elsewhere (an Update of the
@@ -93,7 +93,7 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
                 "dynamodb:UpdateItem",
             ),
         ),
-        Grant("balances", ("dynamodb:BatchGetItem", "dynamodb:GetItem")),
+        Grant("balances", ("dynamodb:BatchGetItem",)),
         Grant("checkpoints", ("dynamodb:Query",)),
     ),
     PROJECTOR: (

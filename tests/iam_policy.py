@@ -94,4 +94,34 @@ def dynamodb_arn(resource: str, region: str, account: str) -> str:
     return f"arn:aws:dynamodb:{region}:{account}:{resource}"
 
 
-__all__ = ["allows", "dynamodb_arn", "iam_requests", "resolve", "statements"]
+def outside_policies(accesses: dict[tuple[str, str, str], int], region: str = "us-east-1", account: str = "123456789012") -> list[str]:
+    """The recorded calls (entry point, IAM action, resource) that the deployed function's generated policy refuses.
+
+    Each table's stage is read from its name (the policy is generated per stage); a
+    table the ledger does not name belongs to no stage, and every call to it is refused.
+    """
+    from deploy.policy import policy_document, table_names
+
+    suffixes = {name[len("x"):]: field for field, name in table_names("x").items()}  # "-ledger-events" -> "events"
+    entry_functions = {"api": "api_handler", "projector": "project_events"}
+    bindings = {
+        "AWS::Partition": "aws",
+        "AWS::Region": region,
+        "AWS::AccountId": account,
+        "EventsStreamArn": f"arn:aws:dynamodb:{region}:{account}:table/x/stream/x",
+        "TokenSecretArn": f"arn:aws:secretsmanager:{region}:{account}:secret:x",
+        "ProjectorFailureQueue.Arn": f"arn:aws:sqs:{region}:{account}:x",
+    }
+    documents: dict[tuple[str, str], dict[str, Any]] = {}
+    refused = []
+    for (entry, action, resource), count in sorted(accesses.items()):
+        table = resource.split("/")[1] if resource.startswith("table/") else ""
+        stage = next((table[: -len(suffix)] for suffix in suffixes if table.endswith(suffix) and len(table) > len(suffix)), None)
+        if stage is not None and (entry, stage) not in documents:
+            documents[(entry, stage)] = resolve(policy_document(entry_functions[entry], stage), bindings)
+        if stage is None or not allows(documents[(entry, stage)], action, dynamodb_arn(resource, region, account)):
+            refused.append(f"{entry}: {action} on {resource} ({count} calls)")
+    return refused
+
+
+__all__ = ["allows", "dynamodb_arn", "iam_requests", "outside_policies", "resolve", "statements"]
