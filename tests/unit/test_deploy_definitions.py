@@ -6,7 +6,7 @@ import pytest
 
 from deploy.policy import APPEND_ONLY_DENIED, AUTHORIZER, GRANTS, PROJECTOR, policy_documents, table_names
 from deploy.template import logical_id, service_merge_template, tables_template
-from iam_policy import allows, iam_requests, resolve
+from iam_policy import allows, iam_requests, outside_policies, resolve
 from ledger.config import Settings
 from ledger.schema import LedgerTables
 from runtime.tables import all_definitions
@@ -148,3 +148,20 @@ def test_a_deny_wins_over_an_allow():
     assert allows(document, "dynamodb:GetItem", "arn:aws:dynamodb:r:1:table/e")
     assert not allows(document, "dynamodb:DeleteItem", "arn:aws:dynamodb:r:1:table/e")
     assert allows(document, "dynamodb:DeleteItem", "arn:aws:dynamodb:r:1:table/other")
+
+
+def test_the_session_check_names_every_call_outside_the_functions_roles():
+    accesses = {
+        ("api", "dynamodb:PutItem", "table/s1-ledger-events"): 3,
+        ("api", "dynamodb:Query", "table/s1-ledger-events/index/by_time"): 1,
+        ("projector", "dynamodb:UpdateItem", "table/s2-ledger-balances"): 2,
+        ("api", "dynamodb:Scan", "table/s1-ledger-accounts"): 1,
+        ("projector", "dynamodb:PutItem", "table/s2-ledger-events"): 1,
+        ("api", "dynamodb:GetItem", "table/somebody-elses-table"): 1,
+    }
+
+    assert outside_policies(accesses) == [
+        "api: dynamodb:GetItem on table/somebody-elses-table (1 calls)",
+        "api: dynamodb:Scan on table/s1-ledger-accounts (1 calls)",
+        "projector: dynamodb:PutItem on table/s2-ledger-events (1 calls)",
+    ]
