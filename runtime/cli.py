@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(handler=_regions(handler))
 
     build = commands.add_parser("package", help="build the Lambda package and the CloudFormation templates for AWS")
-    build.add_argument("--out", type=Path, required=True, help="the directory to write them to")
+    build.add_argument("--out", type=Path, required=True, help="the directory to write the Lambda package and the templates to")
     build.add_argument("--stage", default=os.environ.get("LEDGER_STAGE", "dev"), help="table name prefix (default: LEDGER_STAGE, else dev)")
     build.add_argument(
         "--regions",
@@ -438,7 +438,7 @@ def _package(args: argparse.Namespace) -> int:
         built = package(args.out, args.stage, args.regions or Settings.from_env().regions, progress=print)
     except (PackageError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
-    for name, path in built.files.items():
+    for path in built.files.values():
         print(f"wrote {path} ({path.stat().st_size:,} bytes)")
     print("next: deploy tables.json once, then service.json in every region (README: Deploy to AWS)")
     return 0
