@@ -1,10 +1,11 @@
 """Chalice's entry point: the HTTP API and the stream projector, in one app over this region's root.
 
-The projector runs on the events table's stream. Chalice needs the stream ARN when
-it packages the app (LEDGER_EVENTS_STREAM_ARN); the deploy template must also set
-`FunctionResponseTypes: [ReportBatchItemFailures]` on the event source mapping,
-which Chalice cannot, or a failed record re-runs its whole batch (still correct,
-since the projector deduplicates, but slower).
+The projector runs on the events table's stream. Chalice needs a stream ARN when it
+packages the app (LEDGER_EVENTS_STREAM_ARN); `ledger package` (deploy/) replaces it in
+the template with the region's real stream, a parameter of the service stack, and sets
+what Chalice cannot: `FunctionResponseTypes: [ReportBatchItemFailures]` (else a failed
+record re-runs its whole batch: still correct, since the projector deduplicates, but
+slower), bisect on error, bounded retries and record age, and a failure queue.
 """
 
 import os

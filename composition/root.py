@@ -31,7 +31,7 @@ from projections.projector import Projector
 from projections.queries import BalanceQueries
 from projections.schema import ProjectionTables
 from projections.store import BalanceStore
-from observability.telemetry import Telemetry
+from observability.telemetry import API_SERVICE, PROJECTOR_SERVICE, Telemetry
 
 
 @dataclass
@@ -74,11 +74,11 @@ class Root:
 
     @cached_property
     def api_telemetry(self) -> Telemetry:
-        return Telemetry("ledger-api", self.settings.region)
+        return Telemetry(API_SERVICE, self.settings.region)
 
     @cached_property
     def projector_telemetry(self) -> Telemetry:
-        return Telemetry("ledger-projector", self.settings.region)
+        return Telemetry(PROJECTOR_SERVICE, self.settings.region)
 
     def _write_gate(self) -> None:
         if self.admission is not None:

@@ -22,6 +22,8 @@ from typing import Any
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 NAMESPACE = "DynamoLedger"
+API_SERVICE = "ledger-api"
+PROJECTOR_SERVICE = "ledger-projector"
 
 # API
 RECORDED = "WritesRecorded"

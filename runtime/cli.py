@@ -208,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_parser(commands)
     status.add_parser(commands, _endpoint_options)
 
+    build = commands.add_parser("package", help="build the Lambda package and the CloudFormation templates for AWS")
+    build.add_argument("--out", type=Path, required=True, help="the directory to write the Lambda package and the templates to")
+    build.add_argument("--stage", default=os.environ.get("LEDGER_STAGE", "dev"), help="table name prefix (default: LEDGER_STAGE, else dev)")
+    build.add_argument(
+        "--regions",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        help="every region of the deployment, the table stack's first (default: LEDGER_REGIONS, else LEDGER_REGION/AWS_REGION)",
+    )
+    build.set_defaults(handler=_package)
+
     export = commands.add_parser("export", help="stream events to a file (resumable), with a manifest")
     _endpoint_options(export)
     export.add_argument("--account", action="append", help="only this account (repeatable; default: every account)")
@@ -424,6 +434,19 @@ def _serve(args: argparse.Namespace) -> int:
         embedded=not args.aws,
         allow_exposed_dynamodb=args.allow_exposed_dynamodb,
     )
+
+
+def _package(args: argparse.Namespace) -> int:
+    from deploy.package import PackageError, package
+
+    try:
+        built = package(args.out, args.stage, args.regions or Settings.from_env().regions, progress=print)
+    except (PackageError, ValueError) as exc:
+        raise CommandError(str(exc)) from exc
+    for path in built.files.values():
+        print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    print("next: deploy tables.json once, then service.json in every region (README: Deploy to AWS)")
+    return 0
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -56,3 +56,18 @@ def test_a_progress_line_always_ends_with_a_newline(line):
         progress(3, 7) if isinstance(progress, ProgressBar) else progress(3)
 
     assert stream.getvalue().endswith("\n")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        (["--regions", "us-east-1,moon-base-1x"], "regions must be AWS region names"),
+        (["--stage", "prod stage"], "stage 'prod stage'"),
+    ],
+)
+def test_package_refuses_what_it_cannot_deploy_in_one_line(tmp_path, capsys, arguments, complaint):
+    code = main(["package", "--out", str(tmp_path / "dist"), *arguments])
+
+    assert code == 2
+    assert complaint in capsys.readouterr().err
+    assert not (tmp_path / "dist" / "deployment.zip").exists()

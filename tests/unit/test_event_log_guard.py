@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from event_log_guard import violations_of
+from event_log_guard import EventLogGuard, violations_of
 
 EVENTS = "prod-ledger-events"
 GUARDED_PUT = {"TableName": EVENTS, "Item": {}, "ConditionExpression": "attribute_not_exists(event_id)"}
@@ -42,3 +42,18 @@ def test_every_way_of_changing_or_removing_an_event_is_a_violation(operation, pa
 )
 def test_appends_and_writes_to_other_tables_are_allowed(operation, params):
     assert violations_of(operation, params) == []
+
+
+def test_what_a_worker_saw_reaches_the_controller_whole(tmp_path):
+    worker, controller = EventLogGuard(tmp_path), EventLogGuard(tmp_path)
+    worker.violations.append("UpdateItem on prod-ledger-events (from ledger/store.py:1)")
+    worker.appends = 2
+    worker.calls["PutItem"] = 2
+    worker.accesses[("api", "dynamodb:PutItem", "table/prod-ledger-events")] = 2
+    controller.accesses[("api", "dynamodb:PutItem", "table/prod-ledger-events")] = 1
+
+    controller.merge(worker.dumps())
+
+    assert controller.violations == worker.violations
+    assert (controller.appends, dict(controller.calls)) == (2, {"PutItem": 2})
+    assert controller.accesses == {("api", "dynamodb:PutItem", "table/prod-ledger-events"): 3}
