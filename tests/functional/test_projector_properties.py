@@ -476,3 +476,33 @@ def aws_item_size(item: dict[str, Any]) -> int:
         raise AssertionError(f"no size rule for {kind}")
 
     return sum(len(name.encode()) + value_size(value) for name, value in item.items())
+
+
+def test_a_write_another_projector_made_meanwhile_is_never_overwritten(stage: Stage, moto_dynamodb: Any):
+    """Two processes on one account (a Lambda still finishing while its retry runs, rebuild): each writes on the version it read."""
+    ledger = Root(stage.settings, client=moto_dynamodb).ledger
+    events = _credits(ledger, "ida", [1, 2, 4])  # opened, +1, +2, +4
+    first, second = Projector(_store(stage, moto_dynamodb)), Projector(_store(stage, moto_dynamodb))
+    first.project(events[:2])  # the first process now knows the item
+    second.project(events[2:3])  # the other one writes meanwhile
+
+    report = first.project(events[3:])  # planned from what the first one knew: refused, planned again
+
+    assert report.applied == {key_of(events[3])} and report.writes == 2, report
+    assert _store(stage, moto_dynamodb).get("ida", consistent=True).matches(BalanceChange.of(events))
+
+
+def test_a_recount_that_failed_to_commit_leaves_nothing_taken_for_applied(stage: Stage, moto_dynamodb: Any):
+    ledger = Root(stage.settings, client=moto_dynamodb).ledger
+    events = _credits(ledger, "jo", [1, 2, 4, 8])
+    late = events[1]
+    client = CrashingClient(moto_dynamodb, [])
+    projector = Projector(_store(stage, client, window=1))
+    projector.project([e for e in events if e is not late])
+    client._fates = ["fail_before"]  # the recount's write never reaches DynamoDB
+
+    failed = projector.project([late])
+    again = projector.project([late])  # redelivered to the same process
+
+    assert key_of(late) in failed.failed and again.failed == {} and key_of(late) in again.applied
+    assert _store(stage, moto_dynamodb).get("jo", consistent=True).matches(BalanceChange.of(events))
