@@ -47,6 +47,11 @@ class Root:
     lease: Lease | None = None
     # Refuses writes while this region may not take them for another reason (a region still joining).
     admission: Callable[[], None] | None = None
+    # How many recent event ids a balance item keeps for dedupe (None: as many as fit in 1 KB). Tests
+    # make it small so that late and replayed events fall below the floor and are decided by the log.
+    projection_window: int | None = None
+    # How many accounts' writes a projected batch has in flight at once.
+    projection_workers: int = 8
 
     @classmethod
     def from_environment(cls) -> Root:
@@ -97,6 +102,7 @@ class Root:
             ProjectionTables.for_stage(self.settings.stage),
             accounts_table=self.settings.tables.accounts,
             region=self.settings.region,
+            window=self.projection_window,
         )
 
     @cached_property
@@ -105,7 +111,7 @@ class Root:
 
     @cached_property
     def projector(self) -> Projector:
-        return Projector(self.balance_store)
+        return Projector(self.balance_store, workers=self.projection_workers)
 
     @cached_property
     def stream_handler(self) -> Any:

@@ -1,22 +1,23 @@
 """Apply a batch of events to the balances exactly once, in any order, after any crash.
 
-Events are grouped by account; each group goes in one transaction (seen-sets plus
-one `ADD` of the group's summed change), up to `max_group` events at a time. When a
-group is refused because some event was applied before (a redelivery, a replay,
-a retry after a partial failure) or the transaction contended, its events go one
-at a time, and an event found already applied counts as done. Nothing depends on
-arrival order: addition commutes, and the seen-sets make each event count once;
-the view's `as_of` only ever moves to a newer event (see `BalanceStore.apply`).
+Events are grouped by account; each group is one write of the account's balance item
+(`BalanceStore.apply`), which decides for itself, on its own dedupe record, which
+events are new. Groups touch different items, so they are applied concurrently
+(`workers` at a time): a batch costs about as long as its slowest group, not the sum
+of them. Within an account nothing depends on arrival order: the view counts every
+event once whatever the order, and its `as_of` only ever moves to a newer event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from threading import Lock
 
 from ledger.events import Event
 
-from .store import AlreadyApplied, BalanceStore
+from .store import BalanceStore, Outcome
 
 EventKey = tuple[str, str]
 
@@ -32,43 +33,66 @@ class ProjectionReport:
     applied: set[EventKey] = field(default_factory=set)
     duplicates: set[EventKey] = field(default_factory=set)
     failed: dict[EventKey, Exception] = field(default_factory=dict)
-    transactions: int = 0
+    writes: int = 0  # write requests to the balances table, refused ones included
+    log_reads: int = 0  # reads of an account's log, for events below its view's floor
+
+    def add(self, group: Sequence[Event], outcome: Outcome) -> None:
+        self.applied.update(key_of(e) for e in outcome.applied)
+        self.duplicates.update(key_of(e) for e in outcome.duplicates)
+        for event in group:
+            failure = outcome.failed.get(event.event_id)
+            if failure is not None:
+                self.failed[key_of(event)] = failure
+        self.writes += outcome.writes
+        self.log_reads += outcome.log_reads
 
 
 class Projector:
-    def __init__(self, store: BalanceStore, max_group: int = 50) -> None:
+    """Project batches of events into a `BalanceStore`, one write per account, `workers` accounts at a time."""
+
+    def __init__(self, store: BalanceStore, workers: int = 8) -> None:
         self._store = store
-        self._max_group = max_group
+        self._workers = max(1, workers)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = Lock()
 
     def project(self, events: Sequence[Event]) -> ProjectionReport:
-        report = ProjectionReport()
         unique: dict[EventKey, Event] = {}
         for event in events:
             unique.setdefault(key_of(event), event)
         by_account: dict[str, list[Event]] = {}
         for event in unique.values():
             by_account.setdefault(event.entity_id, []).append(event)
-        for group in by_account.values():
-            group.sort(key=lambda e: e.event_id)  # oldest first: `as_of` then only moves forward
-            for start in range(0, len(group), self._max_group):
-                self._apply_group(group[start : start + self._max_group], report)
+        groups = [sorted(group, key=lambda e: e.event_id) for group in by_account.values()]
+        report = ProjectionReport()
+        if len(groups) <= 1 or self._workers == 1:
+            for group in groups:
+                report.add(group, self._apply(group))
+            return report
+        futures = [(group, self._executor().submit(self._apply, group)) for group in groups]
+        died: BaseException | None = None
+        for group, future in futures:  # wait for every group, even if one died, before anything is raised
+            try:
+                report.add(group, future.result())
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, once every group is done
+                died = died or exc
+        if died is not None:
+            raise died
         return report
 
-    def _apply_group(self, group: list[Event], report: ProjectionReport) -> None:
-        if len(group) > 1:
-            report.transactions += 1
-            try:
-                self._store.apply(group)
-                report.applied.update(key_of(e) for e in group)
-                return
-            except Exception:  # noqa: BLE001 - every refusal falls back to one event at a time
-                pass
-        for event in group:
-            report.transactions += 1
-            try:
-                self._store.apply([event])
-                report.applied.add(key_of(event))
-            except AlreadyApplied:
-                report.duplicates.add(key_of(event))
-            except Exception as exc:  # noqa: BLE001 - reported per record to the batch processor
-                report.failed[key_of(event)] = exc
+    def _apply(self, group: list[Event]) -> Outcome:
+        try:
+            return self._store.apply(group)
+        except Exception as exc:  # noqa: BLE001 - reported per record to the batch processor
+            outcome = Outcome()
+            outcome.failed.update({event.event_id: exc for event in group})
+            return outcome
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="projector")
+            return self._pool
+
+
+

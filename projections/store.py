@@ -1,43 +1,116 @@
 """The view store: the only module of `projections` that talks to DynamoDB.
 
-`apply` commits one account's events in one transaction: each window's seen-set
-must not hold any of the events (`NOT contains`), gets them added, and the balance
-item gets one `ADD` of their summed change. If any event was applied before, the
-whole transaction is cancelled and `AlreadyApplied` tells the projector to go one
-event at a time. The dedupe record and the balance change therefore always commit
-together, whatever crashes in between.
+One account's events of a batch are applied with ONE conditional write of ONE item,
+its balance item, which carries its own dedupe record (no marker items, no
+transaction, so one write unit for the whole group while the item stays under 1 KB):
+
+- `as_of_event_id` (W): the newest event applied; everything applied is at or below it.
+- `floor` (F) and `recent` (R): every applied event with an id above the floor is
+  in `recent`, a set of at most `window` ids (the newest applied ones). When a write
+  would hold more, the oldest leave the set and the floor rises to the newest of them.
+- `event_count` (N): how many events are applied.
+
+So an event above the floor is applied exactly when its id is in `recent`: a
+redelivery or replay of a recent event, and an event that arrives late by up to
+`window` events (another region's, a credit leg recorded in another home), are
+decided on the item alone. An event at or below the floor is decided by the log:
+the account's events at or below the floor (a consistent query) are all applied
+when there are as many of them as the view counts below its floor (N - |R|), since
+everything applied is in the log; then the event is a duplicate. Otherwise the view
+is missing some of them, and the write sets the view to the fold of all of them plus
+the events of `recent` plus the new ones, absolutely, from the log ("repair").
+
+Every write is conditioned on the version it was planned from, so nothing that
+happened in between (another projector, `rebuild`, a redelivery in flight) is lost:
+a refused write comes back with the item as it is now and is planned again. The
+process keeps the item as it last wrote or saw it, so a batch needs no read; the
+first write of an account in a process is a blind one, conditioned on every event
+of the group being newer than the view's newest (then they are all new), and
+planned from what DynamoDB returns if not.
+
+Events recorded in another region (and credit legs recorded outside the account's
+home) are added to the account's `available` by its home region, in the same
+transaction as the balance write, so exactly once. `elsewhere` sums what the view
+has handled of those, so that a repair settles exactly the newly counted part.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from ledger.events import Event
+from ledger.fold import Totals
 from ledger.ids import format_rfc3339
-from ledger.store import deserialize
+from ledger.store import deserialize, event_from_item
 
 from .balances import BalanceChange
-from .schema import MARKER_TTL_SECONDS, TTL_ATTRIBUTE, WATERMARK_KEY, ProjectionTables, balance_key, seen_key
+from .schema import WATERMARK_KEY, ProjectionTables, balance_key
 
 _CONTENTION_CODES = frozenset(
     {"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded", "RequestLimitExceeded"}
 )
-# Balance item attributes, named through placeholders so no reserved word can bite.
-_NAMES = {f"#{name}": name for name in ("balance", "credits", "debits", "event_count", "version", "currency")}
+# Below every ULID: the floor of a view that has let no event go from `recent` yet.
+NO_FLOOR = "0"
+# One write unit covers an item of up to 1 KB (the larger of before and after).
+ITEM_LIMIT_BYTES = 1024
+MAX_WINDOW = 24
+_ULID_CHARS = 26
+_NUMBER_BYTES = 21  # 38 significant digits at most: 1 byte per two, plus one
+_RFC3339_CHARS = 24
+# Every attribute of a balance item but `recent`, its values at their largest (account ids up to 64).
+_FIXED_ATTRIBUTES = {
+    "pk": None,
+    "account_id": None,
+    "currency": 3,
+    "updated_at": _RFC3339_CHARS,
+    "as_of_event_id": _ULID_CHARS,
+    "as_of_recorded_at": _RFC3339_CHARS,
+    "floor": _ULID_CHARS,
+}
+_NUMBER_ATTRIBUTES = ("balance", "credits", "debits", "event_count", "version", "elsewhere")
+_NAMES = {f"#{name}": name for name in (*_NUMBER_ATTRIBUTES, "currency", "floor", "recent")}
+_PLAN_ATTEMPTS = 20
+_CACHED_ACCOUNTS = 10_000
+_KNOWN_IDS = 200_000
 
 
-class AlreadyApplied(Exception):
-    """At least one of the events is in a seen-set already; nothing was written."""
+def window_for(account_id: str) -> int:
+    """How many ids `recent` may hold for this account with the item at most 1 KB, whatever its figures."""
+    fixed = 0
+    for name, chars in _FIXED_ATTRIBUTES.items():
+        value = len(balance_key(account_id).encode()) if name == "pk" else len(account_id.encode()) if chars is None else chars
+        fixed += len(name) + value
+    fixed += sum(len(name) + _NUMBER_BYTES for name in _NUMBER_ATTRIBUTES)
+    fixed += len("recent") + 3  # the set's name and overhead
+    return max(0, min(MAX_WINDOW, (ITEM_LIMIT_BYTES - fixed) // (_ULID_CHARS + 1)))
+
+
+class AccountNotHereYet(Exception):
+    """A credit to settle for an account whose item has not reached this region yet; retried later."""
+
+
+class Contention(Exception):
+    """Throttling or a concurrent write kept refusing; nothing was written, a retry may succeed."""
+
+
+class ViewChanged(Exception):
+    """The balance item changed since it was read (the projector moved on); nothing was written."""
+
+
+class NotInLog(Exception):
+    """A delivered event at or below the view's floor is not in the account's log (the log was altered)."""
 
 
 class _Refused(Exception):
-    """Conditions failed on these items of a transaction (index -> the item as it was, when returned)."""
+    """Conditions failed on these items of a write (index -> the item as it was, when returned)."""
 
     def __init__(self, items: dict[int, dict[str, Any] | None]) -> None:
         super().__init__(f"conditions failed on items {sorted(items)}")
@@ -46,18 +119,6 @@ class _Refused(Exception):
     @property
     def at(self) -> set[int]:
         return set(self.items)
-
-
-class AccountNotHereYet(Exception):
-    """A credit to settle for an account whose item has not reached this region yet; retried later."""
-
-
-class Contention(Exception):
-    """Throttling or a concurrent transaction; nothing was written, a retry may succeed."""
-
-
-class ViewChanged(Exception):
-    """The balance item changed since it was read (the projector moved on); nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +164,71 @@ def _balance_from_item(item: dict[str, Any]) -> Balance:
     )
 
 
+@dataclass(frozen=True)
+class _View:
+    """A balance item as far as deciding goes: what it has applied, and its figures."""
+
+    version: int
+    newest: str | None
+    newest_at: str | None
+    floor: str
+    recent: frozenset[str]
+    totals: Totals
+    elsewhere: int
+
+    @classmethod
+    def of(cls, item: dict[str, Any]) -> _View:
+        def number(name: str) -> int:
+            return int(item[name]["N"]) if name in item else 0
+
+        newest = item["as_of_event_id"]["S"] if "as_of_event_id" in item else None
+        # An item written before the window kept no `floor`: all it applied is at or below its newest.
+        floor = item["floor"]["S"] if "floor" in item else (newest or NO_FLOOR)
+        totals = Totals(
+            currency=item["currency"]["S"] if "currency" in item else None,
+            balance=number("balance"),
+            credits=number("credits"),
+            debits=number("debits"),
+            event_count=number("event_count"),
+            newest_event_id=newest,
+            newest_recorded_at=item["as_of_recorded_at"]["S"] if "as_of_recorded_at" in item else None,
+        )
+        return cls(
+            version=number("version"),
+            newest=newest,
+            newest_at=totals.newest_recorded_at,
+            floor=floor,
+            recent=frozenset(item.get("recent", {}).get("SS", [])),
+            totals=totals,
+            elsewhere=number("elsewhere"),
+        )
+
+
+@dataclass
+class Outcome:
+    """What one `apply` did with each event of the group."""
+
+    applied: list[Event] = field(default_factory=list)
+    duplicates: list[Event] = field(default_factory=list)
+    failed: dict[str, Exception] = field(default_factory=dict)  # event id -> why it is to be retried
+    writes: int = 0  # write requests sent, refused ones included
+    log_reads: int = 0  # reads of the account's log (events at or below the floor)
+
+
+@dataclass
+class _Plan:
+    new: list[Event]  # above the floor, never applied: added to the view
+    applied: list[Event]  # what this write counts (the new ones, and any recounted from the log)
+    duplicates: list[Event]
+    item: dict[str, Any] | None  # the balance item to put; None: nothing to write
+    settle: int  # what the home adds to the account's `available`
+    counted_below: set[str] = field(default_factory=set)  # log ids at or below the floor, applied once the put is
+
+
+class _Stale(Exception):
+    """The balance item was not what the write was planned from; the item as it is now is remembered."""
+
+
 class BalanceStore:
     """Apply events to balances exactly once; read balances back."""
 
@@ -114,52 +240,266 @@ class BalanceStore:
         *,
         accounts_table: str | None = None,
         region: str | None = None,
+        window: int | None = None,
     ) -> None:
         self._client = client
         self._tables = tables
         self._clock = clock
         self._accounts_table = accounts_table  # where a home region settles credits recorded elsewhere
         self._region = region
+        self._window = window  # at most this many ids in `recent` (None: as many as fit in 1 KB)
+        self._lock = threading.Lock()
+        # The balance items as this process last wrote or read them, least recently used first.
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Per account, ids at or below its floor that its log showed applied (applied stays applied).
+        self._known: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._known_ids = 0
 
     # -- writes -----------------------------------------------------------------
 
-    def apply(self, events: Sequence[Event]) -> None:
-        """Apply events of ONE account, distinct by id, atomically; raise AlreadyApplied if any was.
+    def apply(self, events: Sequence[Event]) -> Outcome:
+        """Apply the events of ONE account (distinct ids) exactly once, in one write; say which were new.
 
-        `as_of` only moves forward: the balance update is guarded on the view's newest
-        event being older than ours. Events arrive out of ULID order only across shards
-        or regions, so the rare refusal is answered by committing the same change once
-        more without touching `as_of`.
-
-        Events recorded in another region are added to the account's `available` here, in
-        the same transaction as their marks, if this region is the account's home: exactly
-        once, by the one region that writes that account item. They are the credit legs of
-        transfers between homes (`available_pending`) and, after a fail-over, the old home's
-        writes that reach the new home late. (A move sets `available` from the log, checking
-        that this projector folded exactly that log: what was added before is overwritten,
-        what comes after is added here.) Elsewhere the condition fails and the change is
-        committed without it.
+        An event whose credit its home settles fails alone (`AccountNotHereYet`, retried
+        later) while the account item has not reached this region; the others apply.
         """
-        change = BalanceChange.of(events)
-        seen = self._seen_updates(events, guarded=True)
-        pending = sum(e.signed_amount for e in events if e.available_pending or (self._region and e.region != self._region))
-        settle = [self._settle_at_home(change.account_id, pending)] if pending and self._region else []
-        advance_as_of = True
-        while True:
-            items = [*seen, *settle, self._add_change(change, advance_as_of=advance_as_of)]
+        account_id = events[0].entity_id
+        outcome = Outcome()
+        pending = list(events)
+        blind = True  # until refused: nothing known about the item, a blind write may still do
+        for _ in range(_PLAN_ATTEMPTS):
             try:
-                self._transact(items)
+                with self._lock:
+                    item = self._items.get(account_id)
+                if item is None and blind and len(pending) <= self.window(account_id):
+                    blind = False
+                    self._apply_blind(account_id, pending, outcome)
+                    outcome.applied.extend(pending)
+                    return outcome
+                if item is None:
+                    item = self._read_item(account_id)
+                plan = self._plan(account_id, item, pending, outcome)
+                if plan.item is not None:
+                    self._put(account_id, item, plan.item, plan.settle, outcome)
+                    if plan.counted_below:
+                        self._learn(account_id, plan.counted_below)  # applied now, by this put
+                outcome.applied.extend(plan.applied)
+                outcome.duplicates.extend(plan.duplicates)
+                return outcome
+            except _Stale:
+                continue
+            except AccountNotHereYet as exc:
+                settling = [e for e in pending if self._settles(e)]
+                if not settling or len(settling) == len(pending):
+                    raise
+                for event in settling:  # they wait for the account item; the others need not
+                    outcome.failed[event.event_id] = exc
+                pending = [e for e in pending if not self._settles(e)]
+        raise Contention(f"the balance of {account_id!r} kept changing: {_PLAN_ATTEMPTS} writes refused")
+
+    def window(self, account_id: str) -> int:
+        """How many ids the account's `recent` holds at most."""
+        fits = window_for(account_id)
+        return fits if self._window is None else min(self._window, fits)
+
+    def _settles(self, event: Event) -> bool:
+        """Whether this event's credit is one the account's home adds to `available` when it is projected."""
+        return bool(self._region) and (bool(event.available_pending) or event.region != self._region)
+
+    def _settle_amount(self, events: Sequence[Event]) -> int:
+        return sum(e.signed_amount for e in events if self._settles(e))
+
+    def _apply_blind(self, account_id: str, events: list[Event], outcome: Outcome) -> None:
+        """Write without knowing the item: on the condition that every event is newer than the view's newest."""
+        change = Totals.of(events)
+        elsewhere = self._settle_amount(events)
+        names = ["balance", "credits", "debits", "event_count", "version", "recent", "currency", "floor"]
+        values: dict[str, Any] = {
+            ":balance": {"N": str(change.balance)},
+            ":credits": {"N": str(change.credits)},
+            ":debits": {"N": str(change.debits)},
+            ":count": {"N": str(change.event_count)},
+            ":one": {"N": "1"},
+            ":ids": {"SS": [e.event_id for e in events]},
+            ":account": {"S": account_id},
+            ":currency": {"S": change.currency or ""},
+            ":now": {"S": format_rfc3339_epoch(self._clock())},
+            ":newest": {"S": change.newest_event_id or ""},
+            ":newest_at": {"S": change.newest_recorded_at or ""},
+            ":no_floor": {"S": NO_FLOOR},
+            ":oldest": {"S": min(e.event_id for e in events)},
+            ":room": {"N": str(self.window(account_id) - len(events))},
+        }
+        adds = "#balance :balance, #credits :credits, #debits :debits, #event_count :count, #version :one, #recent :ids"
+        if elsewhere:
+            adds += ", #elsewhere :elsewhere"
+            names.append("elsewhere")
+            values[":elsewhere"] = {"N": str(elsewhere)}
+        update = {
+            "TableName": self._tables.balances,
+            "Key": {"pk": {"S": balance_key(account_id)}},
+            "UpdateExpression": (
+                f"ADD {adds} SET account_id = :account, #currency = :currency, updated_at = :now, "
+                "as_of_event_id = :newest, as_of_recorded_at = :newest_at, #floor = if_not_exists(#floor, :no_floor)"
+            ),
+            # Each event is newer than everything applied, so none of them was; and `recent` has room.
+            "ConditionExpression": (
+                "attribute_not_exists(pk) OR (attribute_exists(#floor) AND as_of_event_id < :oldest "
+                "AND (attribute_not_exists(#recent) OR size(#recent) <= :room))"
+            ),
+            "ExpressionAttributeNames": {f"#{name}": name for name in names},
+            "ExpressionAttributeValues": values,
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        outcome.writes += 1
+        self._write(account_id, {"Update": update}, elsewhere)
+
+    def _read_item(self, account_id: str) -> dict[str, Any] | None:
+        item = self._client.get_item(
+            TableName=self._tables.balances, Key={"pk": {"S": balance_key(account_id)}}, ConsistentRead=True
+        ).get("Item")
+        if item is not None:
+            self._remember(account_id, item)
+        return item
+
+    def _plan(self, account_id: str, item: dict[str, Any] | None, events: list[Event], outcome: Outcome) -> _Plan:
+        """Decide each event from the item (and, below the floor, from the log); compute the item to put."""
+        view = _View.of(item) if item is not None else None
+        recent = view.recent if view else frozenset()
+        floor = view.floor if view else NO_FLOOR
+        known = self._known_below(account_id)
+        new: list[Event] = []
+        duplicates: list[Event] = []
+        below: list[Event] = []
+        for event in events:
+            if event.event_id in recent or event.event_id in known:
+                duplicates.append(event)
+            elif event.event_id > floor:
+                new.append(event)  # above the floor and not in `recent`: never applied
+            else:
+                below.append(event)
+        recounted: list[Event] | None = None
+        if below:
+            assert view is not None and view.newest is not None  # only a written item has a floor
+            log = list(self._log(account_id, view.newest))
+            outcome.log_reads += 1
+            under = [e for e in log if e.event_id <= floor]
+            ids_under = {e.event_id for e in under}
+            missing = sorted(e.event_id for e in below if e.event_id not in ids_under)
+            if missing:
+                raise NotInLog(f"events {missing} of {account_id!r} are not in its log")
+            if len(under) != view.totals.event_count - len(recent):
+                # The view misses some of them: count everything at or below the floor from the log.
+                by_id = {e.event_id: e for e in log}
+                held = [by_id[i] for i in recent if i in by_id]
+                if len(held) != len(recent):
+                    raise NotInLog(f"events {sorted(recent - set(by_id))} that the view of {account_id!r} holds are not in its log")
+                recounted = [*under, *held]
+            else:
+                self._learn(account_id, ids_under)  # all applied already
+        if recounted is None:
+            duplicates.extend(below)  # the log shows them applied
+            if not new:
+                return _Plan([], [], duplicates, None, 0)
+        plan = self._next_item(account_id, view, new, duplicates, recounted)
+        if recounted is not None:
+            plan.applied.extend(below)  # counted by this write (some may have been before; the log cannot say which)
+            plan.counted_below = {e.event_id for e in recounted if e.event_id <= (view.floor if view else NO_FLOOR)}
+        return plan
+
+    def _next_item(
+        self, account_id: str, view: _View | None, new: list[Event], duplicates: list[Event], recounted: list[Event] | None
+    ) -> _Plan:
+        """The item after `new` is applied to `view` (to the `recounted` events instead of its figures, if given)."""
+        if recounted is not None:
+            totals = Totals.of([*recounted, *new])
+            elsewhere = self._settle_amount([*recounted, *new])
+        else:
+            added = Totals.of(new)
+            old = view.totals if view else Totals()
+            totals = Totals(
+                currency=old.currency or added.currency,
+                balance=old.balance + added.balance,
+                credits=old.credits + added.credits,
+                debits=old.debits + added.debits,
+                event_count=old.event_count + added.event_count,
+            )
+            elsewhere = (view.elsewhere if view else 0) + self._settle_amount(new)
+        newest, newest_at = (view.newest, view.newest_at) if view else (None, None)
+        for event in new:
+            if newest is None or event.event_id > newest:
+                newest, newest_at = event.event_id, event.recorded_at
+        floor = view.floor if view else NO_FLOOR
+        recent = sorted({*(view.recent if view else ()), *(e.event_id for e in new)})
+        window = self.window(account_id)
+        if len(recent) > window:  # the oldest leave `recent`; the floor rises to the newest of them
+            floor = max(floor, recent[-window - 1])
+            recent = recent[-window:] if window else []
+        item: dict[str, Any] = {
+            "pk": {"S": balance_key(account_id)},
+            "account_id": {"S": account_id},
+            "currency": {"S": totals.currency or ""},
+            "balance": {"N": str(totals.balance)},
+            "credits": {"N": str(totals.credits)},
+            "debits": {"N": str(totals.debits)},
+            "event_count": {"N": str(totals.event_count)},
+            "version": {"N": str((view.version if view else 0) + 1)},
+            "updated_at": {"S": format_rfc3339_epoch(self._clock())},
+            "floor": {"S": floor},
+        }
+        if newest is not None:
+            item["as_of_event_id"] = {"S": newest}
+            item["as_of_recorded_at"] = {"S": newest_at or ""}
+        if recent:
+            item["recent"] = {"SS": recent}
+        if elsewhere:
+            item["elsewhere"] = {"N": str(elsewhere)}
+        return _Plan(new, list(new), duplicates, item, elsewhere - (view.elsewhere if view else 0))
+
+    def _put(self, account_id: str, before: dict[str, Any] | None, item: dict[str, Any], settle: int, outcome: Outcome) -> None:
+        """Put `item` if the balance item is still `before` (the same version, or still absent)."""
+        put: dict[str, Any] = {"TableName": self._tables.balances, "Item": item, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+        if before is None:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        elif "version" in before:
+            put["ConditionExpression"] = "#version = :version"
+            put["ExpressionAttributeNames"] = {"#version": "version"}
+            put["ExpressionAttributeValues"] = {":version": before["version"]}
+        else:
+            put["ConditionExpression"] = "attribute_exists(pk) AND attribute_not_exists(#version)"
+            put["ExpressionAttributeNames"] = {"#version": "version"}
+        outcome.writes += 1
+        self._write(account_id, {"Put": put}, settle)
+        self._remember(account_id, item)
+
+    def _write(self, account_id: str, write: dict[str, Any], settle: int) -> None:
+        """One write of the balance item; with the settle at home in the same transaction if there is one.
+
+        A refused balance write raises `_Stale` (the item as it is now remembered). If the
+        account is homed elsewhere, the write commits without the settle: its home settles.
+        """
+        ((kind, request),) = write.items()
+        if settle and self._region and self._accounts_table:
+            try:
+                self._transact([write, self._settle_at_home(account_id, settle)])
+                self._forget(account_id)  # a transaction hands back no item: read it next time
                 return
             except _Refused as refused:
-                if any(index < len(seen) for index in refused.at):
-                    raise AlreadyApplied() from refused  # an event is in a seen-set: go one at a time
-                if settle and len(seen) in refused.at:
-                    self._check_homed_elsewhere(change.account_id, refused.items.get(len(seen)))
-                    settle = []  # not this region's account to write: its home settles the credit
-                if len(items) - 1 in refused.at:
-                    if not advance_as_of:
-                        raise
-                    advance_as_of = False  # an older event arrived late: count it, keep the newer as_of
+                if 0 in refused.at:
+                    self._remember(account_id, refused.items.get(0))
+                    raise _Stale() from refused
+                self._check_homed_elsewhere(account_id, refused.items.get(1))
+        try:
+            if kind == "Put":
+                self._client.put_item(**request)
+            else:
+                response = self._client.update_item(**request, ReturnValues="ALL_NEW")
+                self._remember(account_id, response.get("Attributes"))
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise
+            self._remember(account_id, exc.response.get("Item"))
+            raise _Stale() from exc
 
     def _settle_at_home(self, account_id: str, amount: int) -> dict[str, Any]:
         return {
@@ -182,106 +522,12 @@ class BalanceStore:
         if item is None or item.get("home_region", {}).get("S") == self._region:
             raise AccountNotHereYet(f"account {account_id!r} is not in {self._region} yet; its credit is retried")
 
-    def replace(self, account_id: str, change: BalanceChange | None, currency: str, read_version: int | None, recent: Sequence[Event]) -> None:
-        """Set the view to `change` if it is still at `read_version`, marking `recent` events as seen.
-
-        Used by rebuild: the marks make the projector skip those events if their stream
-        records are still to come. Marks that do not fit in the final transaction go
-        first, each batch guarded by the same version check.
-        """
-        marks = self._seen_updates(recent, guarded=False)
-        guard = self._version_guard(account_id, read_version)
-        while len(marks) > 98:
-            chunk, marks = marks[:98], marks[98:]
-            self._transact_guarded([*chunk, {"ConditionCheck": guard}])
-        now = self._clock()
-        item = {
-            "pk": {"S": balance_key(account_id)},
-            "account_id": {"S": account_id},
-            "currency": {"S": change.currency if change else currency},
-            "balance": {"N": str(change.balance if change else 0)},
-            "credits": {"N": str(change.credits if change else 0)},
-            "debits": {"N": str(change.debits if change else 0)},
-            "event_count": {"N": str(change.event_count if change else 0)},
-            "version": {"N": str((read_version or 0) + 1)},
-            "updated_at": {"S": format_rfc3339_epoch(now)},
-        }
-        if change:
-            item["as_of_event_id"] = {"S": change.newest_event_id}
-            item["as_of_recorded_at"] = {"S": change.newest_recorded_at}
-        put = {"TableName": self._tables.balances, "Item": item, **_without_key(guard)}
-        self._transact_guarded([*marks, {"Put": put}])
-
-    def _transact_guarded(self, items: list[dict[str, Any]]) -> None:
-        try:
-            self._transact(items)
-        except _Refused as refused:
-            raise ViewChanged() from refused
-
-    def _version_guard(self, account_id: str, read_version: int | None) -> dict[str, Any]:
-        guard: dict[str, Any] = {"TableName": self._tables.balances, "Key": {"pk": {"S": balance_key(account_id)}}}
-        if read_version is None:
-            guard["ConditionExpression"] = "attribute_not_exists(pk)"
-        else:
-            guard["ConditionExpression"] = "#version = :read_version"
-            guard["ExpressionAttributeNames"] = {"#version": "version"}
-            guard["ExpressionAttributeValues"] = {":read_version": {"N": str(read_version)}}
-        return guard
-
-    def _seen_updates(self, events: Sequence[Event], *, guarded: bool) -> list[dict[str, Any]]:
-        windows: dict[str, list[str]] = {}
-        for event in events:
-            windows.setdefault(seen_key(event.entity_id, event.event_id), []).append(event.event_id)
-        expires = {"N": str(int(self._clock()) + MARKER_TTL_SECONDS)}
-        updates = []
-        for key, ids in windows.items():
-            update: dict[str, Any] = {
-                "TableName": self._tables.balances,
-                "Key": {"pk": {"S": key}},
-                "UpdateExpression": "ADD ids :ids SET #expires = :expires",
-                "ExpressionAttributeNames": {"#expires": TTL_ATTRIBUTE},
-                "ExpressionAttributeValues": {":ids": {"SS": ids}, ":expires": expires},
-            }
-            if guarded:
-                update["ConditionExpression"] = " AND ".join(f"NOT contains(ids, :e{i})" for i in range(len(ids)))
-                update["ExpressionAttributeValues"].update({f":e{i}": {"S": id_} for i, id_ in enumerate(ids)})
-            updates.append({"Update": update})
-        return updates
-
-    def _add_change(self, change: BalanceChange, *, advance_as_of: bool) -> dict[str, Any]:
-        update = {
-            "TableName": self._tables.balances,
-            "Key": {"pk": {"S": balance_key(change.account_id)}},
-            "UpdateExpression": (
-                "ADD #balance :balance, #credits :credits, #debits :debits, #event_count :count, #version :one "
-                "SET account_id = :account, #currency = :currency, updated_at = :now"
-            ),
-            "ExpressionAttributeNames": dict(_NAMES),
-            "ExpressionAttributeValues": {
-                ":balance": {"N": str(change.balance)},
-                ":credits": {"N": str(change.credits)},
-                ":debits": {"N": str(change.debits)},
-                ":count": {"N": str(change.event_count)},
-                ":one": {"N": "1"},
-                ":account": {"S": change.account_id},
-                ":currency": {"S": change.currency},
-                ":now": {"S": format_rfc3339_epoch(self._clock())},
-            },
-        }
-        if advance_as_of:
-            update["UpdateExpression"] += ", as_of_event_id = :newest, as_of_recorded_at = :newest_at"
-            update["ConditionExpression"] = "attribute_not_exists(as_of_event_id) OR as_of_event_id < :newest"
-            update["ExpressionAttributeValues"].update(
-                {":newest": {"S": change.newest_event_id}, ":newest_at": {"S": change.newest_recorded_at}}
-            )
-        return {"Update": update}
-
     def _transact(self, items: list[dict[str, Any]]) -> None:
         """One TransactWriteItems; failed conditions are raised as `_Refused` naming the items, contention as `Contention`."""
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
+            code = _code(exc)
             reasons = exc.response.get("CancellationReasons") or []
             failed = {i: r.get("Item") for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed"}
             if code == "TransactionCanceledException" and failed:
@@ -291,6 +537,47 @@ class BalanceStore:
             ):
                 raise Contention() from exc
             raise
+
+    def replace(self, account_id: str, events: Sequence[Event], currency: str, read_version: int | None) -> None:
+        """Set the view to the fold of `events` (the account's log) if it is still at `read_version`.
+
+        Used by rebuild. The floor rises to the newest event folded, so a stream record of
+        any of them that comes later is checked against the log, found counted and skipped.
+        """
+        totals = Totals.of(events)
+        item: dict[str, Any] = {
+            "pk": {"S": balance_key(account_id)},
+            "account_id": {"S": account_id},
+            "currency": {"S": totals.currency or currency},
+            "balance": {"N": str(totals.balance)},
+            "credits": {"N": str(totals.credits)},
+            "debits": {"N": str(totals.debits)},
+            "event_count": {"N": str(totals.event_count)},
+            "version": {"N": str((read_version or 0) + 1)},
+            "updated_at": {"S": format_rfc3339_epoch(self._clock())},
+            "floor": {"S": totals.newest_event_id or NO_FLOOR},
+        }
+        if totals.newest_event_id:
+            item["as_of_event_id"] = {"S": totals.newest_event_id}
+            item["as_of_recorded_at"] = {"S": totals.newest_recorded_at or ""}
+        elsewhere = self._settle_amount(events)
+        if elsewhere:
+            item["elsewhere"] = {"N": str(elsewhere)}
+        put: dict[str, Any] = {"TableName": self._tables.balances, "Item": item}
+        if read_version is None:
+            put["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            put["ConditionExpression"] = "#version = :read_version"
+            put["ExpressionAttributeNames"] = {"#version": "version"}
+            put["ExpressionAttributeValues"] = {":read_version": {"N": str(read_version)}}
+        try:
+            self._client.put_item(**put)
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                raise ViewChanged() from exc
+            raise
+        finally:
+            self._forget(account_id)
 
     def folded_exactly(self, account_id: str, event_count: int) -> dict[str, Any]:
         """A condition check, for another store's transaction: this region's view folded exactly `event_count` events.
@@ -308,7 +595,55 @@ class BalanceStore:
             }
         }
 
+    # -- what this process remembers ----------------------------------------------
+
+    def _remember(self, account_id: str, item: dict[str, Any] | None) -> None:
+        with self._lock:
+            if item is None:
+                self._items.pop(account_id, None)
+                return
+            self._items[account_id] = item
+            self._items.move_to_end(account_id)
+            while len(self._items) > _CACHED_ACCOUNTS:
+                self._items.popitem(last=False)
+
+    def _forget(self, account_id: str) -> None:
+        self._remember(account_id, None)
+
+    def _known_below(self, account_id: str) -> frozenset[str]:
+        with self._lock:
+            return self._known.get(account_id, frozenset())
+
+    def _learn(self, account_id: str, ids: set[str]) -> None:
+        """Remember ids the log showed applied, for the next redelivery of any of them (a replay)."""
+        with self._lock:
+            old = self._known.pop(account_id, frozenset())
+            self._known_ids -= len(old)
+            if len(ids) > _KNOWN_IDS:
+                return
+            self._known[account_id] = frozenset(ids)
+            self._known_ids += len(ids)
+            while self._known_ids > _KNOWN_IDS:
+                _, dropped = self._known.popitem(last=False)
+                self._known_ids -= len(dropped)
+
     # -- reads ------------------------------------------------------------------
+
+    def _log(self, account_id: str, up_to: str) -> Iterator[Event]:
+        """The account's events with ids up to `up_to`, in id order, read consistently."""
+        request: dict[str, Any] = {
+            "TableName": self._tables.events,
+            "KeyConditionExpression": "entity_id = :account AND event_id <= :up_to",
+            "ExpressionAttributeValues": {":account": {"S": account_id}, ":up_to": {"S": up_to}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._client.query(**request)
+            for item in page.get("Items", []):
+                yield event_from_item(item)
+            if "LastEvaluatedKey" not in page:
+                return
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get(self, account_id: str, *, consistent: bool = False) -> Balance | None:
         response = self._client.get_item(
@@ -317,16 +652,29 @@ class BalanceStore:
         item = response.get("Item")
         return _balance_from_item(item) if item else None
 
+    def holds(self, account_id: str, event_id: str, item: dict[str, Any] | None) -> bool:
+        """Whether the view (its balance item as read, `item`) includes the event `event_id`."""
+        if item is None:
+            return False
+        view = _View.of(item)
+        if view.newest is None or event_id > view.newest:
+            return False
+        if event_id in view.recent or event_id in self._known_below(account_id):
+            return True
+        if event_id > view.floor:
+            return False
+        under = {e.event_id for e in self._log(account_id, view.floor)}
+        return event_id in under and len(under) == view.totals.event_count - len(view.recent)
+
     def freshness_read(self, account_id: str, event_id: str | None = None) -> dict[str, Any]:
         """In one request (BatchGetItem): the view, the account item, this region's replication
-        watermark and, given `event_id`, whether the view holds that event.
+        watermark and, given `event_id`, whether the view holds that event (from the view's own
+        dedupe record; an event below its floor costs a read of the log).
 
         Returns {"balance": Balance | None, "account": item | None, "watermark": str | None,
         "holds": bool | None}.
         """
         keys = [{"pk": {"S": balance_key(account_id)}}, {"pk": {"S": WATERMARK_KEY}}]
-        if event_id is not None:
-            keys.append({"pk": {"S": seen_key(account_id, event_id)}})
         request: dict[str, Any] = {self._tables.balances: {"Keys": keys}}
         if self._accounts_table:
             request[self._accounts_table] = {"Keys": [{"account_id": {"S": account_id}}]}
@@ -338,13 +686,13 @@ class BalanceStore:
             request = response.get("UnprocessedKeys") or {}
         views = {item["pk"]["S"]: item for item in found.get(self._tables.balances, [])}
         accounts = found.get(self._accounts_table or "", [])
-        seen = views.get(seen_key(account_id, event_id)) if event_id is not None else None
         watermark = views.get(WATERMARK_KEY)
+        item = views.get(balance_key(account_id))
         return {
-            "balance": _balance_from_item(views[balance_key(account_id)]) if balance_key(account_id) in views else None,
+            "balance": _balance_from_item(item) if item else None,
             "account": accounts[0] if accounts else None,
             "watermark": watermark["until"]["S"] if watermark else None,
-            "holds": None if event_id is None else bool(seen and event_id in seen.get("ids", {}).get("SS", [])),
+            "holds": None if event_id is None else self.holds(account_id, event_id, item),
         }
 
     def set_watermark(self, until: str) -> None:
@@ -367,8 +715,8 @@ class BalanceStore:
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def _without_key(guard: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in guard.items() if k not in ("TableName", "Key")}
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def format_rfc3339_epoch(seconds: float) -> str:

@@ -3,10 +3,10 @@
 `verify` folds each account's log (consistent reads) and compares it with the view;
 an account that differs is looked at again a few times, so a projector that is
 merely behind is not reported as drift. `rebuild` sets each differing view to the
-fold of its log, only if the view did not move meanwhile (a version check), and
-marks the fold's recent events as seen in the same transaction, so the running
-projector skips them when their stream records arrive. Both are safe to run while
-the projector runs.
+fold of its log, only if the view did not move meanwhile (a version check), with
+its floor at the newest event folded, so the running projector finds their stream
+records, when they come, counted in the log and skips them. Both are safe to run
+while the projector runs.
 """
 
 from __future__ import annotations
@@ -14,13 +14,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-
-from ledger.ids import ulid_time
 from ledger.service import Ledger
 
 from .balances import BalanceChange
-from .schema import MARKER_TTL_SECONDS
 from .store import Balance, BalanceStore, ViewChanged
 
 Progress = Callable[[int, int], None]
@@ -95,22 +91,19 @@ def rebuild(
     accounts: Iterable[str] | None = None,
     attempts: int = 5,
     progress: Progress | None = None,
-    now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
 ) -> RebuildReport:
     """Set every differing view to the fold of its log; return which accounts were repaired."""
     names = list(accounts) if accounts is not None else _accounts(ledger, store)
     report = RebuildReport()
-    horizon = now() - timedelta(seconds=MARKER_TTL_SECONDS)
     for done, account_id in enumerate(names, 1):
         for _ in range(attempts):
             view = store.get(account_id, consistent=True)
             change, events = _fold(ledger, account_id)
             if (view.matches(change) if view else change is None):
                 break
-            recent = [e for e in events if ulid_time(e.event_id) >= horizon]
             currency = change.currency if change else (view.currency if view else "XXX")
             try:
-                store.replace(account_id, change, currency, view.version if view else None, recent)
+                store.replace(account_id, events, currency, view.version if view else None)
                 report.repaired.append(account_id)
                 break
             except ViewChanged:

@@ -64,6 +64,7 @@ class World:
     seed: int
     lag: Lag = field(default_factory=Lag)
     lease_seconds: float | None = None  # each region holds a write lease (failover.lease) on the simulated clock
+    projection_window: int | None = None  # recent ids per balance item (small: late events go below the floor)
     regions: dict[str, SimRegion] = field(default_factory=dict)
     now: float = 1_000_000.0  # the simulation's clock, in seconds
 
@@ -87,7 +88,9 @@ class World:
         if self.lease_seconds is not None:
             beats = HeartbeatStore(stamped, settings.tables.regions)
             lease = Lease(name, self.names, beats, self.lease_seconds, clock=lambda: self.now)
-        root = Root(settings, client=stamped, lease=lease)
+        # One account at a time: moto rolls a cancelled transaction back by restoring a copy of each
+        # table it touched, which would also undo another account's write made meanwhile.
+        root = Root(settings, client=stamped, lease=lease, projection_window=self.projection_window, projection_workers=1)
         return SimRegion(name, root, plain, self._projector(root), clock)
 
     def _projector(self, root: Root) -> StreamPoller:

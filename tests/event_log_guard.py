@@ -28,7 +28,8 @@ from iam_policy import iam_requests
 EVENTS_TABLE_SUFFIX = "-ledger-events"
 PRODUCT_PACKAGES = ("ledger", "projections", "audit", "api", "runtime", "composition", "replication")
 # Where a call comes from, by the entry point on its stack: the Lambda functions the deploy creates.
-ENTRY_POINTS = (("projector", "projections/handler.py"), ("api", "api/"))
+# The projector applies account groups on worker threads, whose stacks start at the pool: its own module counts.
+ENTRY_POINTS = (("projector", "projections/handler.py"), ("projector", "projections/projector.py"), ("api", "api/"))
 _READS = {"GetItem", "BatchGetItem", "Query", "Scan", "DescribeTable", "DescribeTimeToLive", "ListTables"}
 
 

@@ -250,3 +250,40 @@ def test_both_sides_writing_through_a_split_are_named_exactly_and_repaired(world
     history = list(west.full_history("a"))
     assert int(item["available"]["N"]) == sum(e.signed_amount for e in history) == 10 - 7 - 7 - 1
     assert [e.transaction_type for e in history].count("reversal") == 1
+
+
+# -- credits from another home, late --------------------------------------------------------
+
+
+def test_a_credit_from_another_home_arriving_below_the_views_floor_is_counted_and_settled_once(moto_dynamodb, monkeypatch, tmp_path):
+    """The home has moved on (its own writes, projected) when the transfer's credit leg reaches it: the log decides."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    world = World([EAST, WEST], f"homes{next(_stages)}", tmp_path, seed=1, lag=Lag(0, 0), projection_window=1)
+    try:
+        east = world.regions[EAST].root.ledger
+        west = world.regions[WEST].root.ledger
+        east.open_account(Caller("t", "o-payer"), OpenAccountRequest(account_id="payer", currency="EUR", allow_overdraft=True))
+        west.open_account(Caller("t", "o-payee"), OpenAccountRequest(account_id="payee", currency="EUR"))
+        world.settle()
+        east.transfer(Caller("t", "t1"), TransferRequest(from_account="payer", to_account="payee", amount=5, currency="EUR"))
+        leg = list(east.full_history("payee"))[-1]
+        assert leg.available_pending
+        west.credit(Caller("t", "c1"), "payee", MovementRequest(amount=1, currency="EUR"))
+        west.credit(Caller("t", "c2"), "payee", MovementRequest(amount=2, currency="EUR"))
+        world.project(WEST)  # the west counts its own credits before the leg arrives
+        view = world.regions[WEST].plain.get_item(
+            TableName=world.regions[WEST].root.settings.tables.events.replace("-events", "-balances"),
+            Key={"pk": {"S": "balance#payee"}},
+        )["Item"]
+        assert view["floor"]["S"] > leg.event_id, "the leg would not arrive below the floor: the test proves nothing"
+
+        world.settle()
+
+        for name in (EAST, WEST):
+            assert world.balances(name)["payee"].balance == 8
+            assert int(world.items(name, "accounts")["payee"]["available"]["N"]) == 8, name
+        west.debit(Caller("t", "d1"), "payee", MovementRequest(amount=8, currency="EUR"))  # all of it is spendable
+    finally:
+        for client, table in world.table_names():
+            client.delete_table(TableName=table)
+        world.queue.close()

@@ -210,7 +210,7 @@ def test_an_insert_that_is_not_a_ledger_event_is_reported_and_the_rest_apply(
 
 
 class ThrottledFor:
-    """A DynamoDB client whose transactions touching one account's balance items are throttled."""
+    """A DynamoDB client whose writes to one account's balance item are throttled (alone or in a transaction)."""
 
     def __init__(self, real: Any, account: str) -> None:
         self._real, self._account = real, account
@@ -219,12 +219,23 @@ class ThrottledFor:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
 
-    def transact_write_items(self, **request: Any) -> Any:
-        keys = [next(iter(item.values()))["Key"]["pk"]["S"] for item in request["TransactItems"]]
-        if any(key.split("#")[1] == self._account for key in keys):
+    def _throttle(self, keys: list[dict[str, Any]], operation: str) -> None:
+        if any(key.get("pk", {}).get("S", "").split("#")[1:2] == [self._account] for key in keys):
             self.refused += 1
-            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "TransactWriteItems")
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, operation)
+
+    def transact_write_items(self, **request: Any) -> Any:
+        bodies = [next(iter(item.values())) for item in request["TransactItems"]]
+        self._throttle([body.get("Key") or body.get("Item") or {} for body in bodies], "TransactWriteItems")
         return self._real.transact_write_items(**request)
+
+    def update_item(self, **request: Any) -> Any:
+        self._throttle([request["Key"]], "UpdateItem")
+        return self._real.update_item(**request)
+
+    def put_item(self, **request: Any) -> Any:
+        self._throttle([request["Item"]], "PutItem")
+        return self._real.put_item(**request)
 
 
 def test_when_one_accounts_balance_fails_only_its_records_are_reported_and_a_redelivery_counts_nothing_twice(
