@@ -121,3 +121,20 @@ def test_the_projector_counts_what_it_applied_and_its_lag(stage, moto_dynamodb, 
     assert snapshot["totals"][figures.PROJECTED] == 2 and snapshot["lag_ms"]["samples"] >= 1
     lines = emf_lines(capsys.readouterr().out)
     assert lines and all(line["region"] == stage.settings.region and line["service"] == "ledger-projector" for line in lines)
+
+
+def test_ledger_status_against_an_endpoint_reads_what_the_tables_say(root, settings, ledger):
+    """Given an endpoint or --aws there is no serve to ask: DescribeTable's (approximate) item counts."""
+    from ledger.commands import OpenAccountRequest
+    from ledger.service import Caller
+    from runtime.status import _tables
+
+    ledger.open_account(Caller("ops", "o"), OpenAccountRequest(account_id="una", currency="EUR"))
+
+    approximate = _tables(root.dynamodb, settings, exact=False)
+    exact = _tables(root.dynamodb, settings, exact=True)
+
+    assert approximate["exact"] is False and exact["exact"] is True
+    assert exact["items"][settings.tables.events] == 1 and exact["items"][settings.tables.accounts] == 1
+    assert set(approximate["items"]) == set(exact["items"])
+    assert all(count is None or count >= 0 for count in approximate["items"].values())
