@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from ledger import schema as ledger_schema
 from ledger.config import Settings
 from projections import schema as projection_schema
@@ -36,11 +34,9 @@ def ensure_tables(client: Any, settings: Settings) -> list[str]:
             continue
         try:
             client.create_table(**definition)
-        except ClientError as exc:
-            # botocore retries a CreateTable whose answer timed out (a busy DynamoDB Local),
-            # and the retry is refused because the first attempt made the table: it exists.
-            if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
-                raise
+        except client.exceptions.ResourceInUseException:
+            # Created after all: a slow answer under load, retried by botocore, finds its own table.
+            pass
         created.append(name)
     for name in created:
         client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
