@@ -32,7 +32,7 @@ others `describe-table` names it (README, "Deploy to AWS").
 - the projector, 512 MB and 60 s: a batch of 100 records is a few dozen transactions
   (one per account and batch), well under a second normally; 60 s leaves room for
   throttling and retries. A timeout fails the whole batch, which is then bisected.
-- the authorizer, 512 MB and 10 s: one secret read (cached), one signature check.
+- the authorizer, 512 MB and 10 s: one secret read and one signature check.
 
 **The stream mapping.** `ReportBatchItemFailures` (the handler answers which records
 failed; Lambda retries from the first of them), bisect on error, at most

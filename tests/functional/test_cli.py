@@ -71,3 +71,32 @@ def test_package_refuses_what_it_cannot_deploy_in_one_line(tmp_path, capsys, arg
     assert code == 2
     assert complaint in capsys.readouterr().err
     assert not (tmp_path / "dist" / "deployment.zip").exists()
+
+
+class _FirstAttemptTimedOut:
+    """A DynamoDB client whose CreateTable answer was lost: the table was made, and botocore's retry is refused."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def create_table(self, **definition):
+        self._client.create_table(**definition)
+        return self._client.create_table(**definition)  # ResourceInUseException
+
+
+def test_tables_create_takes_a_refused_retry_of_its_own_create_as_created(moto_dynamodb):
+    from ledger.config import Settings
+    from runtime.tables import all_definitions, ensure_tables
+
+    settings = Settings(stage="retried-create", region="us-east-1")
+    created = ensure_tables(_FirstAttemptTimedOut(moto_dynamodb), settings)
+    try:
+        assert sorted(created) == sorted(d["TableName"] for d in all_definitions(settings)[0])
+        ttl = moto_dynamodb.describe_time_to_live(TableName=settings.tables.idempotency)["TimeToLiveDescription"]
+        assert ttl["TimeToLiveStatus"] == "ENABLED"
+    finally:
+        for name in created:
+            moto_dynamodb.delete_table(TableName=name)
