@@ -13,7 +13,9 @@ its stores make, one statement per table or index:
   accounts, a balance with its account in one `BatchGetItem` (the freshness read),
   the log and its two indexes, and checkpoints.
 - the projector (`project_events`) reads the events stream, and per account and batch
-  commits the seen-marks and the balance change (Updates of balances items) with, at
+  writes the balance item once (a Put for its first event, else an Update; a Get when
+  a condition fails; a Query of the account's log for events at or below the view's
+  floor) with, at
   the account's home, the settlement of credits recorded elsewhere (an Update of the
   account item, which it reads when that condition fails without handing it back). It
   may send a failed batch's description to the stack's failure queue.
@@ -97,8 +99,10 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         Grant("checkpoints", ("dynamodb:Query",)),
     ),
     PROJECTOR: (
-        Grant("balances", ("dynamodb:UpdateItem",)),
+        # The balance item: a blind first write, conditional updates, a read when a condition fails.
+        Grant("balances", ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")),
         Grant("accounts", ("dynamodb:GetItem", "dynamodb:UpdateItem")),
+        Grant("events", ("dynamodb:Query",)),  # an account's log, for events at or below its view's floor
     ),
     AUTHORIZER: (),
 }

@@ -106,7 +106,14 @@ def _guard(account: _Account) -> list[Finding]:
         wrong.append(f"available {item.available}, its log folds to {balance}")
     if (item.home_region, item.write_epoch) != (home, epoch):
         wrong.append(f"homed in {item.home_region} under epoch {item.write_epoch}; the log's newest epoch is {epoch}, in {home}")
-    if not wrong or item.moving_from is not None:
+    # The move's recompute appends the new epoch's `account.home_moved` with the item it writes: an item
+    # still marked as moving next to that event is an older version that won last-writer-wins.
+    finished = item.moving_from is not None and any(
+        isinstance(e, HomeMoved) and e.write_epoch == item.write_epoch and e.region == item.home_region for e in account.log
+    )
+    if finished:
+        wrong.append(f"still marked as moving from {item.moving_from}, though epoch {item.write_epoch}'s move is in its log")
+    if not wrong or (item.moving_from is not None and not finished):
         return []  # right, or a move under way (it recomputes the guard itself)
     return [Finding("overwritten_guard", item.account_id, f"guard#{item.account_id}", "; ".join(wrong), account.home)]
 

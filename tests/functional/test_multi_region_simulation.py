@@ -126,6 +126,14 @@ def test_fail_overs_in_the_middle_of_everything_keep_one_writer_and_reconcile_na
     run_with_failovers(seed, tmp_path, mode)
 
 
+@pytest.mark.parametrize("seed, mode", [(18346634, "lease"), (216, "lease"), (3880, "override")])
+def test_fail_over_seeds_that_found_bugs(moto, tmp_path, seed, mode):
+    """18346634, 216: two regions forcing each other over in one split made two writers (a forced fail-over now
+    needs a witness); 3880: an account item still marked as moving after its move won last-writer-wins, and
+    reconcile took it for a move under way (it is now an overwritten guard)."""
+    run_with_failovers(seed, tmp_path, mode)
+
+
 def test_a_fail_over_seed_replays_the_same_run(moto, tmp_path):
     """SIM_SEED=<seed> SIM_MODE=lease|override replays one run with fail-overs."""
     run_with_failovers(int(os.environ.get("SIM_SEED", "20261204")), tmp_path, os.environ.get("SIM_MODE", "override"))
