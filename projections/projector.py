@@ -66,7 +66,8 @@ class Projector:
         for event in unique.values():
             by_account.setdefault(event.entity_id, []).append(event)
         groups = [sorted(group, key=lambda e: e.event_id) for group in by_account.values()]
-        chunks = [groups[start : start + STATEMENTS_PER_REQUEST] for start in range(0, len(groups), STATEMENTS_PER_REQUEST)]
+        size = max(1, min(STATEMENTS_PER_REQUEST, -(-len(groups) // self._workers)))  # every worker busy, 25 at most
+        chunks = [groups[start : start + size] for start in range(0, len(groups), size)]
         report = ProjectionReport()
         if len(chunks) <= 1 or self._workers == 1:
             for chunk in chunks:

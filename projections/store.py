@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -78,8 +78,10 @@ _FIXED_ATTRIBUTES = {
 _NUMBER_ATTRIBUTES = ("balance", "credits", "debits", "event_count", "version", "elsewhere")
 _NAMES = {f"#{name}": name for name in (*_NUMBER_ATTRIBUTES, "currency", "floor", "recent")}
 _PLAN_ATTEMPTS = 20
-# BatchExecuteStatement takes at most 25 statements (distinct items).
+# BatchExecuteStatement takes at most 25 statements (distinct items); a transaction is kept as large.
 STATEMENTS_PER_REQUEST = 25
+# How the conditional writes of several accounts travel (see `BalanceStore`).
+Writes = Literal["statements", "transactions", "items"]
 _CACHED_ACCOUNTS = 10_000
 _KNOWN_IDS = 200_000
 
@@ -243,7 +245,7 @@ class BalanceStore:
         accounts_table: str | None = None,
         region: str | None = None,
         window: int | None = None,
-        statements: bool = True,
+        writes: Writes = "statements",
     ) -> None:
         self._client = client
         self._tables = tables
@@ -251,8 +253,12 @@ class BalanceStore:
         self._accounts_table = accounts_table  # where a home region settles credits recorded elsewhere
         self._region = region
         self._window = window  # at most this many ids in `recent` (None: as many as fit in 1 KB)
-        # Several accounts' writes in one BatchExecuteStatement request, as long as the backend has it.
-        self._statements = statements
+        # How several accounts' writes travel together. "statements": one BatchExecuteStatement
+        # (each statement its own conditional write: one write unit each on AWS); "transactions":
+        # one TransactWriteItems (DynamoDB Local commits each request to disk once, where 25
+        # separate writes wait for 25 commits; on AWS it would cost two write units per item);
+        # "items": one PutItem each. A backend without PartiQL writes (moto) falls back to items.
+        self._writes = writes
         self._lock = threading.Lock()
         # The balance items as this process last wrote or read them, least recently used first.
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -457,14 +463,15 @@ class BalanceStore:
         batched: list[tuple[str, dict[str, Any] | None, _Plan]] = []
         for write in writes:
             settles = write[2].settle and self._region and self._accounts_table
-            (single if settles or not self._statements else batched).append(write)
+            (single if settles or self._writes == "items" else batched).append(write)
         if len(batched) == 1:
             single.extend(batched)
             batched = []
         for start in range(0, len(batched), STATEMENTS_PER_REQUEST):
             chunk = batched[start : start + STATEMENTS_PER_REQUEST]
             try:
-                results.update(self._execute(chunk, outcomes))
+                send = self._transact_chunk if self._writes == "transactions" else self._execute
+                results.update(send(chunk, outcomes))
             except _NoStatements:
                 single.extend(batched[start:])
                 break
@@ -491,7 +498,7 @@ class BalanceStore:
         except (ClientError, BotoCoreError):
             raise
         except Exception as exc:  # noqa: BLE001 - a backend without PartiQL writes (moto): one write per item from now on
-            self._statements = False
+            self._writes = "items"
             raise _NoStatements() from exc
         results: dict[str, Exception | None] = {}
         for (account_id, _, plan), answer in zip(chunk, response["Responses"]):
@@ -510,9 +517,28 @@ class BalanceStore:
                 results[account_id] = ClientError({"Error": {"Code": error.get("Code"), "Message": error.get("Message", "")}}, "BatchExecuteStatement")
         return results
 
-    def _put(self, account_id: str, before: dict[str, Any] | None, item: dict[str, Any], settle: int) -> None:
-        """Put `item` if the balance item is still `before` (the same version, or still absent); with the settle
-        at home in the same transaction. Raises `_Stale` (the item as it is now remembered) if it is not."""
+    def _transact_chunk(self, chunk: list[tuple[str, dict[str, Any] | None, _Plan]], outcomes: dict[str, Outcome]) -> dict[str, Exception | None]:
+        """The same conditional puts in one TransactWriteItems: all written, or none (those refused are planned
+        again, the others sent again as they were)."""
+        for account_id, _, _ in chunk:
+            outcomes[account_id].writes += 1
+        try:
+            self._transact([{"Put": self._conditional_put(before, plan.item)} for _, before, plan in chunk])  # type: ignore[arg-type]
+        except _Refused as refused:
+            results: dict[str, Exception | None] = {}
+            for index, (account_id, _, _) in enumerate(chunk):
+                if index in refused.at:
+                    self._remember(account_id, refused.items.get(index))  # the item as it is now, to plan from
+                results[account_id] = _Stale()  # nothing was written: the others go again as planned
+            return results
+        except Contention as exc:
+            return {account_id: exc for account_id, _, _ in chunk}
+        for account_id, _, plan in chunk:
+            self._remember(account_id, plan.item)
+        return {account_id: None for account_id, _, _ in chunk}
+
+    def _conditional_put(self, before: dict[str, Any] | None, item: dict[str, Any]) -> dict[str, Any]:
+        """A put of `item` on the condition that the balance item is still `before` (the same version, or still absent)."""
         put: dict[str, Any] = {"TableName": self._tables.balances, "Item": item, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
         if before is None:
             put["ConditionExpression"] = "attribute_not_exists(pk)"
@@ -523,6 +549,12 @@ class BalanceStore:
         else:
             put["ConditionExpression"] = "attribute_exists(pk) AND attribute_not_exists(#version)"
             put["ExpressionAttributeNames"] = {"#version": "version"}
+        return put
+
+    def _put(self, account_id: str, before: dict[str, Any] | None, item: dict[str, Any], settle: int) -> None:
+        """Put `item` if the balance item is still `before` (the same version, or still absent); with the settle
+        at home in the same transaction. Raises `_Stale` (the item as it is now remembered) if it is not."""
+        put = self._conditional_put(before, item)
         if settle and self._region and self._accounts_table:
             try:
                 self._transact([{"Put": put}, self._settle_at_home(account_id, settle)])

@@ -186,8 +186,13 @@ def record(ledger: Ledger, count: int, operations: list[tuple]) -> tuple[list[st
     return accounts, {a: (c, d) for a, (c, d) in model.items()}
 
 
-def hostile_delivery(client: Any, streams: Any, settings: Settings, scenario: tuple[int, list[tuple]], data: st.DataObject) -> None:
-    """Record `scenario` on fresh tables of `settings`, deliver its stream as drawn from `data`, check every view."""
+def hostile_delivery(
+    client: Any, streams: Any, settings: Settings, scenario: tuple[int, list[tuple]], data: st.DataObject, writes: str = "statements"
+) -> None:
+    """Record `scenario` on fresh tables of `settings`, deliver its stream as drawn from `data`, check every view.
+
+    `writes`: how the projector's writes of several accounts travel together (`projections.store.Writes`).
+    """
     count, operations = scenario
     ledger = Root(settings, client=client).ledger
     accounts, model = record(ledger, count, operations)
@@ -225,7 +230,7 @@ def hostile_delivery(client: Any, streams: Any, settings: Settings, scenario: tu
     window = data.draw(st.sampled_from([None, 1, 2, 4]), label="ids in a view's window (None: as many as fit)")
 
     crashing = CrashingClient(client, fates)
-    handler = Root(settings, client=crashing, projection_window=window).stream_handler
+    handler = Root(settings, client=crashing, projection_window=window, projection_writes=writes).stream_handler  # type: ignore[arg-type]
     attempts = sum(deliver_until_clean(handler, batch, retry_whole_batch) for batch in schedule)
     for fate, times in crashing.seen_fates.items():
         event(f"fate {fate} happened")

@@ -116,7 +116,7 @@ def test_a_process_that_knows_no_view_reads_those_of_a_batch_in_one_request_then
     BalanceStore(moto_dynamodb, tables).apply(events[2:4])  # another process applied two of dora's
     client = CrashingClient(moto_dynamodb, [])
 
-    report = Projector(BalanceStore(client, tables, statements=False)).project(events)  # a new process; moto: PutItems
+    report = Projector(BalanceStore(client, tables, writes="items"), workers=1).project(events)  # a new process; moto: PutItems
 
     assert report.applied == {key_of(e) for e in events} - {key_of(e) for e in events[2:4]}
     assert report.duplicates == {key_of(e) for e in events[2:4]}

@@ -47,9 +47,13 @@ def metrics_off() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module", params=["moto", "dynamodb-local"])
+@pytest.fixture(scope="module", params=["moto", "dynamodb-local", "dynamodb-local-transactions"])
 def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any, Any, str | None]]:
-    """(name, DynamoDB client, streams client, endpoint) of one backend, for the whole module."""
+    """(name, DynamoDB client, streams client, endpoint) of one backend, for the whole module.
+
+    `dynamodb-local-transactions`: DynamoDB Local with the projector's writes sent as `ledger serve`
+    sends them there, many accounts to a transaction.
+    """
     if request.param == "moto":
         with pytest.MonkeyPatch.context() as patch:
             for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
@@ -63,7 +67,11 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any, Any, str
         streams = boto3.client(
             "dynamodbstreams", endpoint_url=local.endpoint_url, region_name=REGION, aws_access_key_id="local", aws_secret_access_key="local"
         )
-        yield "dynamodb-local", dynamodb_client(settings), streams, local.endpoint_url
+        yield request.param, dynamodb_client(settings), streams, local.endpoint_url
+
+
+def writes_of(backend: tuple[str, Any, Any, str | None]) -> str:
+    return "transactions" if backend[0].endswith("-transactions") else "statements"
 
 
 class Stage:
@@ -87,7 +95,7 @@ class Stage:
 def test_every_balance_is_the_fold_of_its_log_whatever_the_delivery_and_the_crashes(backend, scenario, data):
     _, client, streams, endpoint = backend
     with Stage(client, endpoint) as stage:
-        hostile_delivery(client, streams, stage.settings, scenario, data)
+        hostile_delivery(client, streams, stage.settings, scenario, data, writes=writes_of(backend))
 
 
 # -- DynamoDB Local: statements -----------------------------------------------------------------------
@@ -150,7 +158,7 @@ def test_the_accounts_of_a_batch_are_written_25_to_a_request(local):
         events = [e for a in accounts for e in ledger.full_history(a)]
         counting = Counting(client)
 
-        report = Projector(Root(stage.settings, client=counting).balance_store).project(events)
+        report = Projector(Root(stage.settings, client=counting).balance_store, workers=1).project(events)
 
         assert report.failed == {} and report.applied == {key_of(e) for e in events}
         assert counting.calls["batch_execute_statement"] == 3 and counting.calls["put_item"] == 0
@@ -160,15 +168,16 @@ def test_the_accounts_of_a_batch_are_written_25_to_a_request(local):
             assert views.get(account, consistent=True).matches(BalanceChange.of(ledger.full_history(account)))
 
 
-@local_only
-def test_a_statement_refused_because_its_item_moved_is_planned_again_from_the_item_it_hands_back(local):
-    client, endpoint = local
+@pytest.mark.parametrize("backend", ["dynamodb-local", "dynamodb-local-transactions"], indirect=True)
+def test_a_write_refused_because_its_item_moved_is_planned_again_from_the_item_it_hands_back(backend):
+    """In a batch of statements only that statement is refused; in a transaction all are, and the others go again."""
+    _, client, _, endpoint = backend
     with Stage(client, endpoint) as stage:
         ledger = Root(stage.settings, client=client).ledger
         accounts = ["p", "q", "r"]
         _open_and_credit(ledger, accounts, 3)
         logs = {a: list(ledger.full_history(a)) for a in accounts}
-        first = Projector(Root(stage.settings, client=client).balance_store)
+        first = Projector(Root(stage.settings, client=client, projection_writes=writes_of(backend)).balance_store, workers=1)
         first.project([e for a in accounts for e in logs[a][:2]])  # knows every item
         Projector(Root(stage.settings, client=client).balance_store).project([logs["q"][2]])  # another process, meanwhile
 
@@ -190,7 +199,7 @@ def test_statements_throttled_in_a_batch_are_reported_and_their_redelivery_count
         events = [e for a in accounts for e in ledger.full_history(a)]
         counting = Counting(client)
         counting.refuse = {"balance#t", "balance#v"}
-        projector = Projector(Root(stage.settings, client=counting).balance_store)
+        projector = Projector(Root(stage.settings, client=counting).balance_store, workers=1)  # one request
 
         report = projector.project(events)
 
@@ -236,7 +245,7 @@ def test_the_journal_keeps_only_the_statements_that_were_written(local, tmp_path
         journaled = journal.attach(dynamodb_client(replace(stage.settings)))
         counting = Counting(journaled)
         counting.refuse = {"balance#x"}  # throttled: not written, so not journaled
-        Projector(Root(stage.settings, client=counting).balance_store).project(events)
+        Projector(Root(stage.settings, client=counting).balance_store, workers=1).project(events)  # one request
 
         [(operation, params)] = journal.entries()
         assert operation == "BatchExecuteStatement" and len(params["Statements"]) == 2
