@@ -324,11 +324,8 @@ class Served:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         env["PYTHONPATH"] = str(ROOT)
         env.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
-        command = [sys.executable, "-m", "runtime.cli"]
-        if os.environ.get("BENCH_SERVE_WRAPPER"):  # a script that runs `ledger serve` with instruments: `script ROOT args...`
-            command = [sys.executable, os.environ["BENCH_SERVE_WRAPPER"], str(ROOT)]
         self.process = subprocess.Popen(
-            [*command, "serve", "--port", str(port), "--data-dir", str(data_dir), *options],
+            [sys.executable, "-m", "runtime.cli", "serve", "--port", str(port), "--data-dir", str(data_dir), *options],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         self.output: list[str] = []
@@ -347,6 +344,8 @@ class Served:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        if os.environ.get("BENCH_SERVE_OUTPUT"):  # what `ledger serve` said, less the API's line per write
+            print("".join(line for line in self.output if '"recorded"' not in line), file=sys.stderr)
 
 
 class HttpClient:
@@ -381,8 +380,6 @@ def measure_lag(seconds: float, clients: int, accounts: int, rate: float, drain_
             return _drive(served, seconds, clients, accounts, rate, drain_timeout)
         finally:
             served.stop()
-            if os.environ.get("BENCH_SERVE_OUTPUT"):  # what `ledger serve` said, less the API's lines per write
-                print("".join(line for line in served.output if '"recorded"' not in line), file=sys.stderr)
 
 
 def _writers(api: str, names: list[str], probes: list[str], seconds: float, rate: float, notices: Any) -> None:

@@ -2,10 +2,11 @@
 
 Events are grouped by account; each group is one write of the account's balance item,
 which decides for itself, on its own dedupe record, which events are new
-(`BalanceStore.apply_groups`). The writes of up to `STATEMENTS_PER_REQUEST` accounts go
-in one request, and those requests are sent concurrently (`workers` at a time): a
-batch of 100 events over 100 accounts is four requests in flight together, not 100
-one after the other. Within an account nothing depends on arrival order: the view
+(`BalanceStore.apply_groups`). The writes of many accounts go in one request (25
+statements, or one transaction of up to 100 where each request is a commit to disk),
+and those requests are sent concurrently (`workers` at a time): a batch of 100
+events over 100 accounts is four requests in flight together, not 100 one after the
+other. Within an account nothing depends on arrival order: the view
 counts every event once whatever the order, and its `as_of` only ever moves to a
 newer event.
 """
@@ -19,7 +20,7 @@ from threading import Lock
 
 from ledger.events import Event
 
-from .store import STATEMENTS_PER_REQUEST, BalanceStore, Outcome
+from .store import BalanceStore, Outcome
 
 EventKey = tuple[str, str]
 
@@ -66,7 +67,9 @@ class Projector:
         for event in unique.values():
             by_account.setdefault(event.entity_id, []).append(event)
         groups = [sorted(group, key=lambda e: e.event_id) for group in by_account.values()]
-        size = max(1, min(STATEMENTS_PER_REQUEST, -(-len(groups) // self._workers)))  # every worker busy, 25 at most
+        size = self._store.request_size
+        if self._store.spreads:  # every worker busy
+            size = max(1, min(size, -(-len(groups) // self._workers)))
         chunks = [groups[start : start + size] for start in range(0, len(groups), size)]
         report = ProjectionReport()
         if len(chunks) <= 1 or self._workers == 1:

@@ -17,23 +17,27 @@ decided on the item alone. An event at or below the floor is decided by the log:
 the account's events at or below the floor (a consistent query) are all applied
 when there are as many of them as the view counts below its floor (N - |R|), since
 everything applied is in the log; then the event is a duplicate. Otherwise the view
-is missing some of them, and the write sets the view to the fold of all of them plus
-the events of `recent` plus the new ones, absolutely, from the log ("repair").
+misses some of them, and the write sets the view, absolutely, to the fold of all of
+them, the events of `recent` and the new ones, read from the log (a recount). What
+the log showed applied is remembered, so a replay reads each account's log once.
 
 Every write is conditioned on the version it was planned from, so nothing that
 happened in between (another projector, `rebuild`, a redelivery in flight) is lost:
 a refused write comes back with the item as it is now and is planned again. The
-process keeps the item as it last wrote or saw it, so a batch needs no read; the
-first write of an account in a process is a blind one, conditioned on every event
-of the group being newer than the view's newest (then they are all new), and
-planned from what DynamoDB returns if not.
+process keeps the items as it last wrote or read them, so a batch reads only the
+items it does not know yet (one BatchGetItem).
+
+Several accounts' writes travel together (`Writes`): as PartiQL statements, 25 to a
+request, each its own conditional write of one item (one write unit on AWS); as one
+transaction (DynamoDB Local commits each request to disk once: `ledger serve` uses
+this; on AWS it would cost two write units per item); or one PutItem each (moto, whose
+PartiQL takes none of these statements).
 
 Events recorded in another region (and credit legs recorded outside the account's
 home) are added to the account's `available` by its home region, in the same
 transaction as the balance write, so exactly once. `elsewhere` sums what the view
-has handled of those, so that a repair settles exactly the newly counted part.
+has handled of those, so that a recount settles exactly the newly counted part.
 """
-
 from __future__ import annotations
 
 import threading
@@ -78,8 +82,9 @@ _FIXED_ATTRIBUTES = {
 _NUMBER_ATTRIBUTES = ("balance", "credits", "debits", "event_count", "version", "elsewhere")
 _NAMES = {f"#{name}": name for name in (*_NUMBER_ATTRIBUTES, "currency", "floor", "recent")}
 _PLAN_ATTEMPTS = 20
-# BatchExecuteStatement takes at most 25 statements (distinct items); a transaction is kept as large.
+# BatchExecuteStatement takes at most 25 statements (distinct items), TransactWriteItems 100 items.
 STATEMENTS_PER_REQUEST = 25
+ITEMS_PER_TRANSACTION = 100
 # How the conditional writes of several accounts travel (see `BalanceStore`).
 Writes = Literal["statements", "transactions", "items"]
 _CACHED_ACCOUNTS = 10_000
@@ -331,6 +336,16 @@ class BalanceStore:
             outcomes[account_id].failed.update({e.event_id: refused for e in events})
         return outcomes
 
+    @property
+    def request_size(self) -> int:
+        """How many accounts' writes go in one request at most."""
+        return ITEMS_PER_TRANSACTION if self._writes == "transactions" else STATEMENTS_PER_REQUEST
+
+    @property
+    def spreads(self) -> bool:
+        """Whether a batch's writes are better spread over concurrent requests (not when each request is a commit to disk)."""
+        return self._writes != "transactions"
+
     def window(self, account_id: str) -> int:
         """How many ids the account's `recent` holds at most."""
         fits = window_for(account_id)
@@ -467,8 +482,8 @@ class BalanceStore:
         if len(batched) == 1:
             single.extend(batched)
             batched = []
-        for start in range(0, len(batched), STATEMENTS_PER_REQUEST):
-            chunk = batched[start : start + STATEMENTS_PER_REQUEST]
+        for start in range(0, len(batched), self.request_size):
+            chunk = batched[start : start + self.request_size]
             try:
                 send = self._transact_chunk if self._writes == "transactions" else self._execute
                 results.update(send(chunk, outcomes))

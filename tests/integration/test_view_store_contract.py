@@ -148,21 +148,27 @@ def _open_and_credit(ledger: Any, accounts: list[str], credits: int) -> None:
             ledger.credit(Caller("t", f"c-{account}-{k}"), account, MovementRequest(amount=n + k + 1, currency=CURRENCY))
 
 
-@local_only
-def test_the_accounts_of_a_batch_are_written_25_to_a_request(local):
-    client, endpoint = local
+@pytest.mark.parametrize(
+    ("backend", "requests"),
+    [("dynamodb-local", {"batch_execute_statement": 3}), ("dynamodb-local-transactions", {"transact_write_items": 1})],
+    indirect=["backend"],
+)
+def test_the_accounts_of_a_batch_are_written_25_statements_or_100_transaction_items_to_a_request(backend, requests):
+    _, client, _, endpoint = backend
     with Stage(client, endpoint) as stage:
         ledger = Root(stage.settings, client=client).ledger
         accounts = [f"a{n:03d}" for n in range(60)]
         _open_and_credit(ledger, accounts, 1)
         events = [e for a in accounts for e in ledger.full_history(a)]
         counting = Counting(client)
+        store = Root(stage.settings, client=counting, projection_writes=writes_of(backend)).balance_store
 
-        report = Projector(Root(stage.settings, client=counting).balance_store, workers=1).project(events)
+        report = Projector(store, workers=1).project(events)
 
         assert report.failed == {} and report.applied == {key_of(e) for e in events}
-        assert counting.calls["batch_execute_statement"] == 3 and counting.calls["put_item"] == 0
-        assert counting.calls["batch_get_item"] == 3  # the items this process did not know, 25 accounts a chunk
+        writes = {name: n for name, n in counting.calls.items() if name in ("batch_execute_statement", "transact_write_items", "put_item")}
+        assert writes == requests
+        assert counting.calls["batch_get_item"] == sum(requests.values())  # the items this process did not know, once
         views = Root(stage.settings, client=client).balance_store
         for account in accounts:
             assert views.get(account, consistent=True).matches(BalanceChange.of(ledger.full_history(account)))
