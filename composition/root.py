@@ -30,7 +30,7 @@ from projections.handler import make_handler
 from projections.projector import Projector
 from projections.queries import BalanceQueries
 from projections.schema import ProjectionTables
-from projections.store import BalanceStore
+from projections.store import BalanceStore, Writes
 from observability.telemetry import API_SERVICE, PROJECTOR_SERVICE, Telemetry
 
 
@@ -50,8 +50,12 @@ class Root:
     # How many recent event ids a balance item keeps for dedupe (None: as many as fit in 1 KB). Tests
     # make it small so that late and replayed events fall below the floor and are decided by the log.
     projection_window: int | None = None
-    # How many accounts' writes a projected batch has in flight at once.
-    projection_workers: int = 8
+    # How many requests of a projected batch are in flight at once.
+    projection_workers: int = 4
+    # How the projector's writes of several accounts travel together (`projections.store.Writes`):
+    # PartiQL statements on AWS (one write unit each); `ledger serve` sends them to its DynamoDB Local
+    # as transactions (one commit to disk for many), and to its moto fallback one by one.
+    projection_writes: Writes = "statements"
 
     @classmethod
     def from_environment(cls) -> Root:
@@ -103,6 +107,7 @@ class Root:
             accounts_table=self.settings.tables.accounts,
             region=self.settings.region,
             window=self.projection_window,
+            writes=self.projection_writes,
         )
 
     @cached_property

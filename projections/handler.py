@@ -3,7 +3,7 @@
 Powertools' `BatchProcessor` reports failures per record, so Lambda (with
 `ReportBatchItemFailures`) retries from the first failed record instead of the
 whole batch. Before the per-record pass, every INSERT of the batch is parsed and
-handed to the `Projector` at once, so one account's events share a transaction;
+handed to the `Projector` at once, so one account's events share one write;
 the record handler then only reports each record's outcome.
 
 Only INSERTs are applied. The event table is append-only, so a MODIFY or REMOVE

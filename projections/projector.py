@@ -1,11 +1,14 @@
 """Apply a batch of events to the balances exactly once, in any order, after any crash.
 
-Events are grouped by account; each group is one write of the account's balance item
-(`BalanceStore.apply`), which decides for itself, on its own dedupe record, which
-events are new. Groups touch different items, so they are applied concurrently
-(`workers` at a time): a batch costs about as long as its slowest group, not the sum
-of them. Within an account nothing depends on arrival order: the view counts every
-event once whatever the order, and its `as_of` only ever moves to a newer event.
+Events are grouped by account; each group is one write of the account's balance item,
+which decides for itself, on its own dedupe record, which events are new
+(`BalanceStore.apply_groups`). The writes of many accounts go in one request (25
+statements, or one transaction of up to 100 where each request is a commit to disk),
+and those requests are sent concurrently (`workers` at a time): a batch of 100
+events over 100 accounts is four requests in flight together, not 100 one after the
+other. Within an account nothing depends on arrival order: the view
+counts every event once whatever the order, and its `as_of` only ever moves to a
+newer event.
 """
 
 from __future__ import annotations
@@ -48,9 +51,9 @@ class ProjectionReport:
 
 
 class Projector:
-    """Project batches of events into a `BalanceStore`, one write per account, `workers` accounts at a time."""
+    """Project batches of events into a `BalanceStore`: one write per account, `workers` requests at a time."""
 
-    def __init__(self, store: BalanceStore, workers: int = 8) -> None:
+    def __init__(self, store: BalanceStore, workers: int = 4) -> None:
         self._store = store
         self._workers = max(1, workers)
         self._pool: ThreadPoolExecutor | None = None
@@ -64,29 +67,33 @@ class Projector:
         for event in unique.values():
             by_account.setdefault(event.entity_id, []).append(event)
         groups = [sorted(group, key=lambda e: e.event_id) for group in by_account.values()]
+        size = self._store.request_size
+        if self._store.spreads:  # every worker busy
+            size = max(1, min(size, -(-len(groups) // self._workers)))
+        chunks = [groups[start : start + size] for start in range(0, len(groups), size)]
         report = ProjectionReport()
-        if len(groups) <= 1 or self._workers == 1:
-            for group in groups:
-                report.add(group, self._apply(group))
+        if len(chunks) <= 1 or self._workers == 1:
+            for chunk in chunks:
+                self._add(report, chunk, self._apply(chunk))
             return report
-        futures = [(group, self._executor().submit(self._apply, group)) for group in groups]
+        futures = [(chunk, self._executor().submit(self._apply, chunk)) for chunk in chunks]
         died: BaseException | None = None
-        for group, future in futures:  # wait for every group, even if one died, before anything is raised
+        for chunk, future in futures:  # wait for every chunk, even if one died, before anything is raised
             try:
-                report.add(group, future.result())
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, once every group is done
+                self._add(report, chunk, future.result())
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, once every chunk is done
                 died = died or exc
         if died is not None:
             raise died
         return report
 
-    def _apply(self, group: list[Event]) -> Outcome:
-        try:
-            return self._store.apply(group)
-        except Exception as exc:  # noqa: BLE001 - reported per record to the batch processor
-            outcome = Outcome()
-            outcome.failed.update({event.event_id: exc for event in group})
-            return outcome
+    def _apply(self, chunk: list[list[Event]]) -> dict[str, Outcome]:
+        return self._store.apply_groups(chunk)
+
+    @staticmethod
+    def _add(report: ProjectionReport, chunk: list[list[Event]], outcomes: dict[str, Outcome]) -> None:
+        for group in chunk:
+            report.add(group, outcomes[group[0].entity_id])
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:

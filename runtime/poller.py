@@ -81,11 +81,11 @@ class PollerConfig:
     """Tuning of a :class:`StreamPoller`; the defaults suit ``ledger serve``."""
 
     batch_size: int = 100
-    batching_window_seconds: float = 0.5  # wait up to this long to fill a batch
+    batching_window_seconds: float = 0.1  # wait up to this long to fill a batch
     max_attempts: int = 5  # per record; then dead-letter it and move on
     backoff_base_seconds: float = 0.05  # exponential with full jitter, capped
     backoff_cap_seconds: float = 2.0
-    idle_sleep_seconds: float = 0.2  # between polls when there is nothing new
+    idle_sleep_seconds: float = 0.1  # between polls when there is nothing new
     shard_refresh_seconds: float = 5.0  # DescribeStream to find new shards
     # A fresh iterator (after the checkpoint) for every batch. moto binds an iterator to
     # its shard object and replaces that object when it rolls a cancelled transaction

@@ -215,7 +215,7 @@ def _start_region(
     # Heartbeats: stamped so that they replicate, not journaled (a lost beat is a missed beat).
     beats = HeartbeatStore(Stamper(name, local.tables.replicated, clock).attach(dynamodb_client(local)), local.tables.regions)
     lease = Lease(name, names, beats, lease_seconds)
-    root = Root(local, client=stamped, region_urls=urls, lease=lease)
+    root = Root(local, client=stamped, region_urls=urls, lease=lease, projection_writes="transactions")  # one disk commit for many
     _watch(database, name, crashed)
     watermarks = BalanceStore(dynamodb_client(local), ProjectionTables.for_stage(local.stage))
     served = ServedRegion(name, root, database, journal, urls[name], watermarks, lease)

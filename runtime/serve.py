@@ -27,6 +27,7 @@ from chalice.config import Config
 from api.app import create_app
 from composition.root import Root
 from ledger.config import Settings, dynamodb_client, streams_client
+from projections.store import Writes
 
 from . import discovery, status
 from .dynamodb_local import DynamoDBLocal, EmbeddedDynamoDBError, java_available
@@ -151,6 +152,7 @@ def serve(
         journal: WriteJournal | None = None
         database: DynamoDBLocal | None = None
         crashed = threading.Event()
+        writes: Writes = "statements"  # how the projector's writes travel together (composition.root.Root)
         if settings.endpoint_url or not embedded:
             where = f"DynamoDB at {settings.endpoint_url or 'AWS'}"
         else:
@@ -160,6 +162,9 @@ def serve(
                 _say(f"ledger: {exc}")
                 return 1
             settings = replace(settings, endpoint_url=endpoint)
+            # DynamoDB Local commits each write request to disk: many of the projector's in one transaction.
+            # moto has no PartiQL writes: one by one.
+            writes = "transactions" if database is not None else "items"
             if database is not None:
                 journal = WriteJournal(data_dir.resolve() / JOURNAL_FILE)
                 _watch(stack, database, crashed)
@@ -172,7 +177,7 @@ def serve(
             journal.attach(client)
             where += ", every acknowledged write journaled"
         settings = with_local_key(settings, data_dir)
-        root = Root(settings, client=client)
+        root = Root(settings, client=client, projection_writes=writes)
         poller = None
         if projector:
             poller = _start_projector(stack, root, data_dir.resolve())

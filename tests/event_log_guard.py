@@ -1,7 +1,8 @@
 """Watch every DynamoDB call the product code makes against an events table.
 
 The events table is append-only: the only write the product may make there is a
-`Put` guarded by `attribute_not_exists`, inside `TransactWriteItems` or alone. The
+`Put` guarded by `attribute_not_exists`, inside `TransactWriteItems` or alone (or a
+PartiQL `INSERT`, which never overwrites). The
 test session patches botocore's one entry point for API calls, so every client
 (moto in-process, DynamoDB Local, anything) is seen. A call counts as the product's
 when a frame of the product's packages is on the stack: tests that tamper with the
@@ -16,6 +17,7 @@ hold the functions' generated policies against what the code really does.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from collections import Counter
@@ -41,6 +43,19 @@ def _guarded_put(put: dict[str, Any]) -> bool:
     return "attribute_not_exists(" in put.get("ConditionExpression", "")
 
 
+_PARTIQL_WRITE = re.compile(r'^\s*(UPDATE|DELETE\s+FROM|INSERT\s+INTO)\s+"?([^"\s]+)"?', re.IGNORECASE)
+
+
+def _partiql_statements(operation: str, params: dict[str, Any]) -> list[str]:
+    if operation == "ExecuteStatement":
+        return [params.get("Statement", "")]
+    if operation == "BatchExecuteStatement":
+        return [s.get("Statement", "") for s in params.get("Statements", [])]
+    if operation == "ExecuteTransaction":
+        return [s.get("Statement", "") for s in params.get("TransactStatements", [])]
+    return []
+
+
 def violations_of(operation: str, params: dict[str, Any]) -> list[str]:
     """Why this call would change or remove an existing event (empty: it cannot)."""
     found: list[str] = []
@@ -59,6 +74,10 @@ def violations_of(operation: str, params: dict[str, Any]) -> list[str]:
                     found.append(f"TransactWriteItems {kind} on {body['TableName']}")
                 elif kind == "Put" and not _guarded_put(body):
                     found.append(f"unguarded TransactWriteItems Put on {body['TableName']}")
+    for statement in _partiql_statements(operation, params):
+        match = _PARTIQL_WRITE.match(statement)
+        if match and _is_events_table(match.group(2)) and not match.group(1).upper().startswith("INSERT"):
+            found.append(f"{operation} {match.group(1).split()[0].upper()} on {match.group(2)}")
     if operation == "BatchWriteItem":
         for table, requests in params.get("RequestItems", {}).items():
             if _is_events_table(table):

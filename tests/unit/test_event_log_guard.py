@@ -23,6 +23,9 @@ GUARDED_PUT = {"TableName": EVENTS, "Item": {}, "ConditionExpression": "attribut
         ("TransactWriteItems", {"TransactItems": [{"Put": {"TableName": EVENTS, "Item": {}}}]}),
         ("BatchWriteItem", {"RequestItems": {EVENTS: [{"PutRequest": {"Item": {}}}]}}),
         ("BatchWriteItem", {"RequestItems": {EVENTS: [{"DeleteRequest": {"Key": {}}}]}}),
+        ("ExecuteStatement", {"Statement": f'UPDATE "{EVENTS}" SET amount=? WHERE entity_id=? AND event_id=?'}),
+        ("BatchExecuteStatement", {"Statements": [{"Statement": f'DELETE FROM "{EVENTS}" WHERE entity_id=?'}]}),
+        ("ExecuteTransaction", {"TransactStatements": [{"Statement": f"update {EVENTS} set amount=1 where entity_id='a'"}]}),
     ],
 )
 def test_every_way_of_changing_or_removing_an_event_is_a_violation(operation, params):
@@ -38,6 +41,9 @@ def test_every_way_of_changing_or_removing_an_event_is_a_violation(operation, pa
         ("DeleteItem", {"TableName": "prod-ledger-idempotency", "Key": {}}),
         ("BatchWriteItem", {"RequestItems": {"prod-ledger-balances": [{"PutRequest": {"Item": {}}}]}}),
         ("Query", {"TableName": EVENTS}),
+        ("BatchExecuteStatement", {"Statements": [{"Statement": 'UPDATE "prod-ledger-balances" SET "balance"=? WHERE "pk"=?'}]}),
+        ("ExecuteStatement", {"Statement": f"INSERT INTO \"{EVENTS}\" VALUE {{'entity_id': ?}}"}),
+        ("ExecuteStatement", {"Statement": f'SELECT * FROM "{EVENTS}"'}),
     ],
 )
 def test_appends_and_writes_to_other_tables_are_allowed(operation, params):
