@@ -6,12 +6,15 @@ What it measures (all against one in-memory DynamoDB Local started by this scrip
    a replayed retry (same Idempotency-Key, same request). Counted with botocore
    event handlers on the client ("before-send" fires once per HTTP attempt, so
    botocore retries are included; "after-call" counts API calls). Target: 1.
-2. Write capacity per write: what DynamoDB Local reports (the store does not ask
+2. Write capacity per write (accounts of 5 to 7 characters, keys of 13 to 17, no
+   description or metadata): what DynamoDB Local reports (the store does not ask
    for it, so a "before-parameter-build" handler adds ReturnConsumedCapacity=INDEXES
    to every TransactWriteItems), next to the figure computed from AWS's pricing
    rules from the exact items sent: 2 WCU per started KB per item in a
    transaction; index writes at the standard 1 WCU per KB (index entry = item
    + 100 bytes). Item sizes follow AWS's item-size rules.
+   2b. The same by Idempotency-Key length (8, 36, 128, 255) and metadata (none,
+   typical, largest allowed), for a credit and a transfer.
 3. Throughput of `Ledger.credit` versus raw `client.transact_write_items` of the
    same TransactItems (captured from the service, replayed with fresh ids), on the
    same server and client, sequentially and with several threads, in alternating
@@ -57,7 +60,7 @@ if str(ROOT) not in sys.path:
 from composition.root import Root  # noqa: E402
 from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest  # noqa: E402
 from ledger.config import Settings, dynamodb_client  # noqa: E402
-from ledger.ids import new_ulid  # noqa: E402
+from ledger.ids import new_ulid, new_ulid_after  # noqa: E402
 from ledger.schema import table_definitions  # noqa: E402
 from ledger.service import Caller, Ledger  # noqa: E402
 from runtime.dynamodb_local import DynamoDBLocal, ensure_installed  # noqa: E402
@@ -265,7 +268,26 @@ def _short(table: str) -> str:
     return table.split("-ledger-")[-1] if "-ledger-" in table else table
 
 
-def theory(params: dict[str, Any], accounts: dict[str, dict[str, Any]], gsis: dict[str, list[str]]) -> list[dict[str, Any]]:
+def index_layouts(settings: Settings) -> dict[str, dict[str, tuple[list[str], str, list[str]]]]:
+    """Per table, per index: its key attributes, its projection type, and the table's own key attributes."""
+    layouts: dict[str, dict[str, tuple[list[str], str, list[str]]]] = defaultdict(dict)
+    for definition in table_definitions(settings.tables):
+        base = [k["AttributeName"] for k in definition["KeySchema"]]
+        for index in definition.get("GlobalSecondaryIndexes", []):
+            keys = [k["AttributeName"] for k in index["KeySchema"]]
+            layouts[definition["TableName"]][index["IndexName"]] = (keys, index["Projection"]["ProjectionType"], base)
+    return layouts
+
+
+def index_entry_size(item: dict[str, Any], keys: list[str], projection: str, base: list[str]) -> int:
+    """An index entry's size by AWS's rules: the projected attributes plus 100 bytes."""
+    if projection == "ALL":
+        return item_size(item) + 100
+    kept = {name: item[name] for name in dict.fromkeys([*keys, *base]) if name in item}
+    return item_size(kept) + 100
+
+
+def theory(params: dict[str, Any], accounts: dict[str, dict[str, Any]], layouts: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per table (and per index) the transaction writes: items, sizes, WCU by AWS's rules."""
     rows: dict[str, dict[str, Any]] = {}
 
@@ -286,9 +308,9 @@ def theory(params: dict[str, Any], accounts: dict[str, dict[str, Any]], gsis: di
         r["items"] += 1
         r["sizes"].append(size)
         r["wcu"] += 2 * kb_units(size)
-        for index, keys in gsis.get(table, {}).items():
+        for index, (keys, projection, base) in layouts.get(table, {}).items():
             if action == "Put" and all(k in item for k in keys):
-                entry_size = size + 100  # projection ALL: the item plus 100 bytes of index overhead
+                entry_size = index_entry_size(item, keys, projection, base)
                 ri = row(f"{table}:{index}")
                 ri["items"] += 1
                 ri["sizes"].append(entry_size)
@@ -297,15 +319,14 @@ def theory(params: dict[str, Any], accounts: dict[str, dict[str, Any]], gsis: di
 
 
 def print_capacity(results: dict[str, Any], settings: Settings) -> None:
-    gsis: dict[str, dict[str, list[str]]] = defaultdict(dict)
-    for definition in table_definitions(settings.tables):
-        for index in definition.get("GlobalSecondaryIndexes", []):
-            gsis[definition["TableName"]][index["IndexName"]] = [k["AttributeName"] for k in index["KeySchema"]]
+    layouts = index_layouts(settings)
+    projections = sorted({f"{index} {projection}" for indexes in layouts.values() for index, (_, projection, _) in indexes.items()})
     accounts = results["_accounts"]
     print("2. Write capacity per operation")
     print("   theory = AWS pricing rules applied to the items actually sent (sizes by AWS's item-size rules):")
-    print("            a transactional write is 2 WCU per started KB per item; an index entry (item + 100 B,")
-    print("            projection ALL) costs 1 WCU per started KB, as outside a transaction.")
+    print("            a transactional write is 2 WCU per started KB per item; an index entry (its projected")
+    print("            attributes + 100 B) costs 1 WCU per started KB, as outside a transaction.")
+    print(f"            index projections: {', '.join(projections)}")
     print("   Local  = ConsumedCapacity as DynamoDB Local reports it, averaged per op. NOT what AWS bills.")
     print("   headroom = bytes left before an item crosses into the next KB (and costs 2 more WCU).")
     print(f"   {'operation':<18} {'table[:index]':<24} {'items':>5} {'item bytes':>11} {'headroom':>9} "
@@ -320,7 +341,7 @@ def print_capacity(results: dict[str, Any], settings: Settings) -> None:
             print(f"   {name:<18} {'(cancelled, ' + str(items) + ' items)':<24} {'':>5} {'':>11} {'':>9} {'-':>10} "
                   f"{shown:>9}  no ConsumedCapacity in a cancelled transaction's response")
             continue
-        rows = theory(r["params"], accounts, gsis)
+        rows = theory(r["params"], accounts, layouts)
         total_theory = total_local = 0.0
         index_units = 0
         for i, row in enumerate(rows):
@@ -347,6 +368,61 @@ def print_capacity(results: dict[str, Any], settings: Settings) -> None:
     print()
 
 
+# -- 2b: capacity by Idempotency-Key length and metadata ---------------------------------------
+
+KEY_LENGTHS = (8, 36, 128, 255)  # 36: a UUID; 255: the longest key the API takes
+METADATA = {
+    "none": (None, {}),
+    "typical": ("x" * 40, {f"k{n}-{'x' * 9}": "v" * 24 for n in range(4)}),  # 4 entries, a 40-character description
+    "largest": ("x" * 256, {f"{n:02d}{'k' * 62}": "v" * 256 for n in range(16)}),  # every limit reached
+}
+
+
+def measure_matrix(ledger: Ledger, meter: Meter, settings: Settings, accounts: dict[str, Any]) -> list[dict[str, Any]]:
+    """One credit and one transfer per key length and metadata size: the exact items sent, priced by AWS's rules."""
+    layouts = index_layouts(settings)
+    rows = []
+    for metadata_name, (description, metadata) in METADATA.items():
+        for length in KEY_LENGTHS:
+            for kind in ("credit", "transfer"):
+                key = f"m{len(rows):03d}-".ljust(length, "k")  # unique per row, `length` characters
+                meter.reset()
+                if kind == "credit":
+                    request = MovementRequest(amount=1234, currency=CURRENCY, description=description, metadata=metadata)
+                    ledger.credit(Caller(SCOPE, key), "cr-acct", request)
+                else:
+                    request = TransferRequest(
+                        from_account="tx-from", to_account="tx-to", amount=1234, currency=CURRENCY,
+                        description=description, metadata=metadata,
+                    )  # fmt: skip
+                    ledger.transfer(Caller(SCOPE, key), request)
+                table_rows = theory(meter.last_params, accounts, layouts)
+                by_table = {r["key"]: r for r in table_rows}
+                rows.append({
+                    "kind": kind, "key": length, "metadata": metadata_name,
+                    "event": max(by_table[settings.tables.events]["sizes"]),
+                    "record": by_table[settings.tables.idempotency]["sizes"][0],
+                    "indexes": sum(r["wcu"] for r in table_rows if ":" in r["key"]),
+                    "wcu": sum(r["wcu"] for r in table_rows),
+                })  # fmt: skip
+    return rows
+
+
+def print_matrix(rows: list[dict[str, Any]]) -> None:
+    print("2b. Write units by Idempotency-Key length and metadata (AWS's rules on the exact items; accounts of 7")
+    print("    characters; typical: 4 entries and a 40-character description; largest: 16 entries of a 64-character")
+    print("    key and a 256-character value, and a 256-character description)")
+    print(f"    {'write':<9} {'metadata':<8} {'key':>4} | {'event B':>7} {'record B':>8} {'index WCU':>9} | {'WCU':>4}")
+    for r in rows:
+        print(f"    {r['kind']:<9} {r['metadata']:<8} {r['key']:>4} | {r['event']:>7} {r['record']:>8} {r['indexes']:>9} | {r['wcu']:>4}")
+    for kind in ("credit", "transfer"):
+        for metadata_name in METADATA:
+            costs = sorted({r["wcu"] for r in rows if r["kind"] == kind and r["metadata"] == metadata_name})
+            same = "the same for every key length" if len(costs) == 1 else f"from {costs[0]} to {costs[-1]} as the key grows"
+            print(f"    {kind}, metadata {metadata_name}: {'/'.join(map(str, costs))} WCU, {same}")
+    print()
+
+
 # -- 3: throughput ------------------------------------------------------------------
 
 
@@ -362,13 +438,17 @@ class RawRequests:
         self.record_id = params["TransactItems"][0]["Put"]["Item"]["idempotency_id"]["S"]
         self.account_id = account_id
         self.key = key
+        self._last: dict[str, str] = {}  # per account, the newest event id minted: each guard wants a greater one
+        self._lock = threading.Lock()
         assert self.event_id in self.template and self.transaction_id in self.template
         assert self.record_id == f"key#{SCOPE}#{key}", (self.record_id, key)
 
     def make(self, account_id: str, key: str) -> dict[str, Any]:
         assert len(account_id) == len(self.account_id) and len(key) == len(self.key)  # same sizes
         text = self.template
-        transaction_id, event_id = new_ulid(), new_ulid()
+        with self._lock:
+            transaction_id, event_id = new_ulid(), new_ulid_after(self._last.get(account_id))
+            self._last[account_id] = event_id
         for old, new in (
             (self.event_id, event_id),
             (self.transaction_id, transaction_id),
@@ -435,7 +515,9 @@ def throughput(
     meter = Meter(client, capacity=False)  # counts requests only; the same tiny cost on both sides
     max_threads = max(thread_counts)
     accounts = [f"tp-acct-{i:02d}" for i in range(max_threads)]  # one account per thread: no item contention
-    for account in accounts:
+    # The raw side's own accounts (ids of the same length): its events' ids are minted here, in order per account.
+    raw_accounts = [f"tr-acct-{i:02d}" for i in range(max_threads)]
+    for account in (*accounts, *raw_accounts):
         open_account(ledger, account)
     movement = MovementRequest(amount=1234, currency=CURRENCY)
     counter = iter(range(10**9))
@@ -449,7 +531,7 @@ def throughput(
     meter.stop_capturing()
     for _ in range(warmup):  # warm both paths: connections, the server's JIT, caches
         ledger.credit(Caller(SCOPE, next_key()), accounts[0], movement)
-        client.transact_write_items(**raw.make(accounts[0], next_key()))
+        client.transact_write_items(**raw.make(raw_accounts[0], next_key()))
 
     # Inputs are built before the clock starts: a Caller per service op (the API layer's
     # request model is shared), a ready TransactWriteItems dict per raw op.
@@ -457,7 +539,7 @@ def throughput(
         return [(Caller(SCOPE, next_key()), accounts[i % threads]) for i in range(n)]
 
     def raw_work(threads: int) -> list[Any]:
-        return [raw.make(accounts[i % threads], next_key()) for i in range(n)]
+        return [raw.make(raw_accounts[i % threads], next_key()) for i in range(n)]
 
     def run_service(item: Any) -> None:
         ledger.credit(item[0], item[1], movement)
@@ -696,6 +778,7 @@ def main() -> None:
         results = measure_operations(ledger, meter, settings, args.ops)
         print_requests(results)
         print_capacity(results, settings)
+        print_matrix(measure_matrix(ledger, meter, settings, results["_accounts"]))
         tp = throughput(settings, args.n, args.rounds, [1, args.threads], args.warmup, ddb.pid)
         print_throughput(tp, args.n, args.rounds)
         print(f"   load average after the throughput runs: {_load()}")
