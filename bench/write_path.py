@@ -5,7 +5,9 @@ What it measures (all against one in-memory DynamoDB Local started by this scrip
 1. DynamoDB HTTP requests per write: account opening, credit, debit, transfer, and
    a replayed retry (same Idempotency-Key, same request). Counted with botocore
    event handlers on the client ("before-send" fires once per HTTP attempt, so
-   botocore retries are included; "after-call" counts API calls). Target: 1.
+   botocore retries are included; "after-call" counts API calls). Target: 1; a
+   replay 2 (the refused transaction hands back the idempotency record, and the
+   events it names are read back to render the answer).
 2. Write capacity per write (accounts of 5 to 7 characters, keys of 13 to 17, no
    description or metadata): what DynamoDB Local reports (the store does not ask
    for it, so a "before-parameter-build" handler adds ReturnConsumedCapacity=INDEXES
@@ -254,7 +256,9 @@ def print_requests(results: dict[str, Any]) -> None:
         sends = sum(r["sends"].values())
         calls = sum(r["calls"].values())
         by_op = ", ".join(f"{op}={count / n:.2f}" for op, count in sorted(r["sends"].items()))
-        ok = "OK" if sends == n else "ABOVE TARGET (1)"
+        # A replay: the refused transaction hands back the record, whose events are read back in one BatchGetItem.
+        target = 2 if name.startswith("replay") else 1
+        ok = "OK" if sends == target * n else f"ABOVE TARGET ({target})"
         if name.startswith("replay") and r["replayed"] != n:
             ok += f"; only {r['replayed']}/{n} replayed"
         print(f"   {name:<18} {n:>5} {sends / n:>12.2f} {calls / n:>13.2f} {r['retries']:>8}  {by_op:<24} {ok}")

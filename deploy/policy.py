@@ -11,11 +11,12 @@ its stores make, one statement per table or index:
   account guard or, for a credit homed elsewhere, a ConditionCheck. IAM authorises
   each item of a transaction as its own action. It reads idempotency records and
   accounts, a balance with its account in one `BatchGetItem` (the freshness read),
-  the log and its two indexes, and checkpoints.
+  the log and its two indexes (which project keys only: the events they find, and those
+  a replayed write names, are read from the log in one `BatchGetItem`), and checkpoints.
 - the projector (`project_events`) reads the events stream, and per account and batch
-  writes the balance item once (a Put for its first event, else an Update; a Get when
-  a condition fails; a Query of the account's log for events at or below the view's
-  floor) with, at
+  writes the balance item once (the batch's items it does not know read in one
+  BatchGetItem, then a conditional Put of each; a Get when a condition fails; a Query
+  of the account's log for events at or below the view's floor) with, at
   the account's home, the settlement of credits recorded elsewhere (an Update of the
   account item, which it reads when that condition fails without handing it back). It
   may send a failed batch's description to the stack's failure queue.
@@ -82,7 +83,9 @@ class Grant:
 GRANTS: dict[str, tuple[Grant, ...]] = {
     API_HANDLER: (
         Grant("idempotency", ("dynamodb:GetItem", "dynamodb:PutItem")),
-        Grant("events", ("dynamodb:PutItem", "dynamodb:Query")),
+        # The indexes project keys only: what a query of them finds is read from the table (BatchGetItem),
+        # as is a replayed write's events.
+        Grant("events", ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:Query")),
         Grant("events", ("dynamodb:Query",), index=TRANSACTION_INDEX),
         Grant("events", ("dynamodb:Query",), index=TIME_INDEX),
         Grant(
@@ -99,8 +102,9 @@ GRANTS: dict[str, tuple[Grant, ...]] = {
         Grant("checkpoints", ("dynamodb:Query",)),
     ),
     PROJECTOR: (
-        # The balance item: a blind first write, conditional updates, a read when a condition fails.
-        Grant("balances", ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem")),
+        # The balance items: the batch's unknown ones read at once, a conditional put of each (absent, or
+        # still the version planned from), a read when a condition fails without handing the item back.
+        Grant("balances", ("dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem")),
         Grant("accounts", ("dynamodb:GetItem", "dynamodb:UpdateItem")),
         Grant("events", ("dynamodb:Query",)),  # an account's log, for events at or below its view's floor
     ),

@@ -11,7 +11,6 @@ of a commit that in fact landed.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from .cursors import CursorCodec, development_key
 from .commands import MovementRequest, OpenAccountRequest, ReversalRequest, StatusChangeRequest, TransferRequest, fingerprint
 from .events import AccountOpened, Credited, Debited, Event, StatusChanged
 from .ids import format_rfc3339, is_account_id, is_ulid, new_ulid, new_ulid_after, time_range_bounds, ulid_time
+from .responses import View, render
 from .reversals import check_reversible, legs_complete, reversal_legs
 from .store import (
     BalanceGuard,
@@ -154,19 +154,18 @@ class Minter:
 
 @dataclass(frozen=True)
 class Draft:
-    """A write decided in full (events, guards, its result), before its idempotency record."""
+    """A write decided in full (events, guards, where its result is read), before its idempotency record.
+
+    Its answer is rendered from its events (`ledger.responses`), the first time and on every replay.
+    """
 
     commit: Commit
-    body: str
+    view: View
     resource: str
 
-
-def _json(data: object) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
-def _event_json(event: Event) -> dict:
-    return event.model_dump(mode="json", exclude_none=True)
+    @property
+    def body(self) -> str:
+        return render(self.view, self.commit.events)
 
 
 class Ledger:
@@ -252,8 +251,7 @@ class Ledger:
                 opened_event_id=event_id,
                 last_event_id=event_id,
             )
-            body = _json(account.public())
-            return Draft(Commit(events=(event,), new_account=account), body, f"/accounts/{request.account_id}")
+            return Draft(Commit(events=(event,), new_account=account), "account", f"/accounts/{request.account_id}")
 
         return self._record(record_id, fingerprint("open_account", None, request), draft)
 
@@ -272,7 +270,7 @@ class Ledger:
         def draft(mint: Minter) -> Draft:
             transaction_id = new_ulid()
             event = event_class(**self._leg(caller, transaction_id, kind, account_id, request, mint(account_id)))
-            return self._transaction_draft(mint, transaction_id, kind, (event,))
+            return self._transaction_draft(mint, transaction_id, (event,))
 
         return self._record(record_id, fingerprint(kind, account_id, request), draft)
 
@@ -293,7 +291,7 @@ class Ledger:
                 **self._leg(caller, transaction_id, "transfer", request.to_account, request, mint(request.to_account)),
                 counterparty=request.from_account,
             )
-            return self._transaction_draft(mint, transaction_id, "transfer", (debit, credit))
+            return self._transaction_draft(mint, transaction_id, (debit, credit))
 
         return self._record(record_id, fingerprint("transfer", None, request), draft)
 
@@ -324,7 +322,7 @@ class Ledger:
                 metadata=request.metadata,
             )
             marker = ReversalMarker(transaction_id, reversal_id, events[0].recorded_at)
-            return self._transaction_draft(mint, reversal_id, "reversal", events, marker, {"reverses": transaction_id})
+            return self._transaction_draft(mint, reversal_id, events, marker)
 
         return self._record(record_id, fingerprint("reversal", transaction_id, request), draft)
 
@@ -370,8 +368,7 @@ class Ledger:
                 account_id, account.currency, 0, event_id, epoch,
                 status_from="open" if status == "frozen" else "frozen", status_to=status,
             )  # fmt: skip
-            body = _json({"transaction_id": event_id, "type": kind, "events": [_event_json(event)]})
-            return Draft(Commit(events=(event,), guards=(guard,)), body, f"/accounts/{account_id}")
+            return Draft(Commit(events=(event,), guards=(guard,)), "transaction", f"/accounts/{account_id}")
 
         return self._record(record_id, fingerprint(kind, account_id, request), draft)
 
@@ -410,10 +407,8 @@ class Ledger:
         self,
         mint: Minter,
         transaction_id: str,
-        kind: str,
         legs: tuple[Event, ...],
         reversal: ReversalMarker | None = None,
-        body_extra: dict | None = None,
     ) -> Draft:
         """The legs with their epochs, and a guard per leg.
 
@@ -431,11 +426,8 @@ class Ledger:
             epoch = mint.remote[account] if remote else mint.epochs.get(account, 1)
             events.append(leg.model_copy(update={"write_epoch": epoch, "available_pending": True if remote else None}))
             guards.append(BalanceGuard(account, leg.currency, leg.signed_amount, leg.event_id, epoch, remote, remote_ok))
-        body = _json(
-            {"transaction_id": transaction_id, "type": kind, **(body_extra or {}), "events": [_event_json(e) for e in events]}
-        )
         commit = Commit(events=tuple(events), guards=tuple(guards), reversal=reversal)
-        return Draft(commit, body, f"/transactions/{transaction_id}")
+        return Draft(commit, "transaction", f"/transactions/{transaction_id}")
 
     def _record(self, record_id: str, fp: str, draft: Callable[[Minter], Draft]) -> Outcome:
         """Commit the drafted write once; replay or refuse a used key; retry what DynamoDB cannot.
@@ -450,14 +442,14 @@ class Ledger:
         started = self._monotonic()
         mint = Minter(self._epochs, self._remote)
         now = self._clock()
-        commit, record = self._sealed(draft(mint), record_id, fp, now)
+        commit, drafted = self._sealed(draft(mint), record_id, fp, now)
         contention: Contention | None = None
         attempt = remints = 0
         while True:
             try:
                 self._write_gate()  # before every attempt: a lease lost during backoff stops the next
                 self._store.commit(commit)
-                return Outcome(record.body, record.resource)
+                return Outcome(drafted.body, drafted.resource)
             except (OutOfOrder, HomedElsewhere, StaleEpoch) as stale:
                 # The draft was right but stale: a newer event, a home elsewhere, a moved epoch.
                 remints += 1
@@ -465,7 +457,7 @@ class Ledger:
                     break
                 self._observe("Redrafts", 1)
                 mint.learn(stale)
-                commit, record = self._sealed(draft(mint), record_id, fp, now)
+                commit, drafted = self._sealed(draft(mint), record_id, fp, now)
                 continue
             except KeyAlreadyUsed as used:
                 existing = used.record or self._store.get_idempotency_record(record_id)
@@ -474,7 +466,7 @@ class Ledger:
                         raise errors.IdempotencyKeyReused(
                             "this Idempotency-Key was used for a different request; use a new key"
                         ) from used
-                    return Outcome(existing.body, existing.resource, replayed=True)
+                    return self._replay(existing)
                 # expired and deleted in between: record afresh (counts as an attempt)
             except Contention as busy:
                 contention = busy
@@ -488,20 +480,37 @@ class Ledger:
             raise errors.IdempotencyInFlight("a request with this Idempotency-Key is in progress; retry shortly")
         raise errors.StoreUnavailable("the ledger is busy; retry with the same Idempotency-Key")
 
-    def _sealed(self, drafted: Draft, record_id: str, fp: str, now: datetime) -> tuple[Commit, IdempotencyRecord]:
-        """The draft's commit with its idempotency record (the response it will replay) and client token."""
+    def _sealed(self, drafted: Draft, record_id: str, fp: str, now: datetime) -> tuple[Commit, Draft]:
+        """The draft's commit with its idempotency record (naming the events its answer is rendered from) and
+        client token; and the draft."""
+        events = drafted.commit.events
         record = IdempotencyRecord(
             idempotency_id=record_id,
             request_hash=fp,
-            body=drafted.body,
+            view=drafted.view,
+            event_keys=tuple((e.entity_id, e.event_id) for e in events),
             resource=drafted.resource,
             recorded_at=format_rfc3339(now),
             expires_at=int((now + self._ttl).timestamp()),
         )
-        commit = replace(
-            drafted.commit, idempotency=record, now_epoch=int(now.timestamp()), token=drafted.commit.events[0].event_id
-        )
-        return commit, record
+        commit = replace(drafted.commit, idempotency=record, now_epoch=int(now.timestamp()), token=events[0].event_id)
+        return commit, drafted
+
+    def _replay(self, record: IdempotencyRecord) -> Outcome:
+        """The answer a key recorded, rendered again from the events it names (read consistently).
+
+        Records written before answers were rendered hold the answer itself. Where the record
+        is but its events are not (a replica that received the record first), the write is
+        recorded: the retry is refused as retryable, never recorded again.
+        """
+        if record.body is not None:
+            return Outcome(record.body, record.resource, replayed=True)
+        events = self._store.events_by_keys(record.event_keys)
+        if len(events) != len(record.event_keys):
+            raise errors.StoreUnavailable(
+                "the write this Idempotency-Key recorded is not fully readable in this region yet; retry with the same key"
+            )
+        return Outcome(render(record.view, events), record.resource, replayed=True)
 
     # -- reads ------------------------------------------------------------------
 

@@ -57,14 +57,21 @@ _UNAVAILABLE_CODES = frozenset(
 
 @dataclass(frozen=True)
 class IdempotencyRecord:
-    """What a write recorded, keyed by caller scope and Idempotency-Key: its result, to replay."""
+    """What a write recorded, keyed by caller scope and Idempotency-Key: enough to replay its answer.
+
+    It names the write's events rather than copying its answer: a replay reads them back
+    and renders the same bytes (`ledger.responses`), so the record's size depends neither
+    on the events' metadata nor on the key's length beyond the key itself.
+    """
 
     idempotency_id: str
     request_hash: str
-    body: str  # the result as JSON, exactly as first answered
+    view: str  # how the answer is rendered from the events: "account" or "transaction"
+    event_keys: tuple[tuple[str, str], ...]  # (entity_id, event_id) of each event, in the answer's order
     resource: str  # where the recorded thing is read: /accounts/<id> or /transactions/<id>
     recorded_at: str
     expires_at: int
+    body: str | None = None  # the answer itself, on records written before answers were rendered
 
 
 @dataclass(frozen=True)
@@ -238,11 +245,19 @@ def _record_from_item(item: dict[str, Any]) -> IdempotencyRecord:
     return IdempotencyRecord(
         idempotency_id=data["idempotency_id"],
         request_hash=data["request_hash"],
-        body=data["body"],
+        view=data.get("view", ""),
+        event_keys=tuple(_event_key(key) for key in data.get("events", [])),
         resource=data.get("resource") or data.get("headers", {}).get("Location", ""),  # records before `resource`
         recorded_at=data["recorded_at"],
         expires_at=int(data[IDEMPOTENCY_TTL_ATTRIBUTE]),
+        body=data.get("body"),
     )
+
+
+def _event_key(stored: str) -> tuple[str, str]:
+    """An event's key as a record stores it: `<entity_id> <event_id>` (account ids hold no space)."""
+    entity_id, _, event_id = stored.rpartition(" ")
+    return entity_id, event_id
 
 
 class EventStore:
@@ -340,7 +355,8 @@ class EventStore:
                     {
                         "idempotency_id": record.idempotency_id,
                         "request_hash": record.request_hash,
-                        "body": record.body,
+                        "view": record.view,
+                        "events": [f"{entity_id} {event_id}" for entity_id, event_id in record.event_keys],
                         "resource": record.resource,
                         "recorded_at": record.recorded_at,
                         IDEMPOTENCY_TTL_ATTRIBUTE: record.expires_at,
@@ -674,7 +690,7 @@ class EventStore:
                 "entity_id": {"S": after[1]},
             }
         page = self._client.query(**request)
-        events = [event_from_item(item) for item in page.get("Items", [])]
+        events = self._whole(page.get("Items", []))
         last = page.get("LastEvaluatedKey")
         return events, ((last["event_id"]["S"], last["entity_id"]["S"]) if last else None)
 
@@ -686,7 +702,31 @@ class EventStore:
             "KeyConditionExpression": "transaction_id = :transaction",
             "ExpressionAttributeValues": {":transaction": {"S": transaction_id}},
         }
-        return [event_from_item(item) for item in self._query(request)]
+        return self._whole(list(self._query(request)))
+
+    def events_by_keys(self, keys: Sequence[tuple[str, str]]) -> list[Event]:
+        """The events with these (entity_id, event_id) keys, read consistently, in the keys' order; absent ones left out."""
+        found: dict[tuple[str, str], Event] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 100):  # BatchGetItem takes 100 keys
+            chunk = [{"entity_id": {"S": entity}, "event_id": {"S": event}} for entity, event in unique[start : start + 100]]
+            request: dict[str, Any] = {self._tables.events: {"Keys": chunk, "ConsistentRead": True}}
+            while request:
+                page = self._client.batch_get_item(RequestItems=request)
+                for item in page.get("Responses", {}).get(self._tables.events, []):
+                    event = event_from_item(item)
+                    found[(event.entity_id, event.event_id)] = event
+                request = page.get("UnprocessedKeys") or {}
+        return [found[key] for key in keys if key in found]
+
+    def _whole(self, items: list[dict[str, Any]]) -> list[Event]:
+        """Events of index entries: the indexes project keys only, so the events are read from the table.
+
+        An index that still projects everything (created before) hands them over whole.
+        """
+        if all("type" in item for item in items):
+            return [event_from_item(item) for item in items]
+        return self.events_by_keys([(item["entity_id"]["S"], item["event_id"]["S"]) for item in items])
 
     def _query(self, request: dict[str, Any], want: int | None = None) -> Iterator[dict[str, Any]]:
         request = dict(request)

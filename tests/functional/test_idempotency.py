@@ -260,3 +260,53 @@ def test_a_key_past_its_expiry_no_longer_binds_and_records_afresh(accounts, root
     assert after.status == 201
     assert "idempotent-replayed" not in after.headers
     assert after.json["transaction_id"] != first.json["transaction_id"]
+
+
+# -- what the record holds -------------------------------------------------------------------
+
+
+def _record_item(dynamodb, settings, key: str) -> dict:
+    (item,) = [
+        i for i in dynamodb.scan(TableName=settings.tables.idempotency)["Items"] if i["idempotency_id"]["S"].endswith(f"#{key}")
+    ]
+    return item
+
+
+def test_the_record_names_the_events_and_copies_neither_the_answer_nor_the_metadata(api, accounts, dynamodb, settings):
+    metadata = {f"{n:02d}" + "k" * 62: "v" * 256 for n in range(16)}
+    body = {"from_account": "alice", "to_account": "bob", "amount": 5, "currency": "EUR", "description": "d" * 256, "metadata": metadata}
+    first = api.post("/transfers", body, key="lean")
+
+    item = _record_item(dynamodb, settings, "lean")
+
+    legs = first.json["events"]
+    assert item["events"] == {"L": [{"S": f"{leg['entity_id']} {leg['event_id']}"} for leg in legs]}
+    assert "body" not in item and "v" * 256 not in str(item)
+    replay = api.post("/transfers", body, key="lean")
+    assert (replay.status, replay.body) == (201, first.body)  # rendered again from the events, byte for byte
+
+
+def test_a_record_written_with_its_answer_in_it_still_replays_that_answer(api, accounts, dynamodb, settings):
+    first = api.post("/accounts/alice/credits", {"amount": 7, "currency": "EUR"}, key="older")
+    item = _record_item(dynamodb, settings, "older")
+    older = {k: v for k, v in item.items() if k not in ("events", "view")}
+    dynamodb.put_item(TableName=settings.tables.idempotency, Item={**older, "body": {"S": first.body.decode()}})
+
+    replay = api.post("/accounts/alice/credits", {"amount": 7, "currency": "EUR"}, key="older")
+
+    assert (replay.status, replay.body, replay.headers["idempotent-replayed"]) == (201, first.body, "true")
+
+
+def test_a_record_whose_events_are_not_here_yet_is_a_retryable_503_and_records_nothing(api, accounts, dynamodb, settings, table_snapshot):
+    """A replica may receive a write's record before its events: the retry must wait, never record twice."""
+    api.post("/accounts/alice/credits", {"amount": 7, "currency": "EUR"}, key="early")
+    item = _record_item(dynamodb, settings, "early")
+    elsewhere = {**item, "events": {"L": [{"S": "alice 7ZZZZZZZZZZZZZZZZZZZZZZZZZ"}]}}  # as if its event were still on its way
+    dynamodb.put_item(TableName=settings.tables.idempotency, Item=elsewhere)
+    before = table_snapshot()
+
+    retry = api.post("/accounts/alice/credits", {"amount": 7, "currency": "EUR"}, key="early")
+
+    assert (retry.status, retry.code) == (503, "store_unavailable")
+    assert retry.headers.get("retry-after")
+    assert table_snapshot() == before

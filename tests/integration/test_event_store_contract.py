@@ -102,7 +102,7 @@ def _movement(kind: type, account_id: str, amount: int, transaction_id: str | No
 
 
 def _record(record_id: str, expires_at: int = 2**40) -> IdempotencyRecord:
-    return IdempotencyRecord(record_id, "hash", '{"ok":true}', "/x", "2026-01-01T00:00:00.000Z", expires_at)
+    return IdempotencyRecord(record_id, "hash", "transaction", (("alice", "01ARZ3NDEKTSV4RRFFQ69G5FAV"),), "/x", "2026-01-01T00:00:00.000Z", expires_at)
 
 
 def _open(store: EventStore, account: Account) -> None:

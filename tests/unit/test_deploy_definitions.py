@@ -154,7 +154,7 @@ def test_the_session_check_names_every_call_outside_the_functions_roles():
     accesses = {
         ("api", "dynamodb:PutItem", "table/s1-ledger-events"): 3,
         ("api", "dynamodb:Query", "table/s1-ledger-events/index/by_time"): 1,
-        ("projector", "dynamodb:UpdateItem", "table/s2-ledger-balances"): 2,
+        ("projector", "dynamodb:PutItem", "table/s2-ledger-balances"): 2,
         ("api", "dynamodb:Scan", "table/s1-ledger-accounts"): 1,
         ("projector", "dynamodb:PutItem", "table/s2-ledger-events"): 1,
         ("api", "dynamodb:GetItem", "table/somebody-elses-table"): 1,

@@ -247,7 +247,8 @@ class FakeClient:
 RECORD = IdempotencyRecord(
     idempotency_id="key#tests#undo",
     request_hash="f" * 64,
-    body="{}",
+    view="transaction",
+    event_keys=(),
     resource="/transactions/x",
     recorded_at="2026-11-22T10:00:00.000Z",
     expires_at=1_795_000_000,

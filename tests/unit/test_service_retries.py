@@ -15,6 +15,7 @@ import pytest
 from ledger import errors
 from ledger.commands import MovementRequest, TransferRequest
 from ledger.ids import new_ulid_after
+from ledger.responses import render
 from ledger.service import Caller, Ledger, RetryPolicy
 from ledger.store import Commit, Contention, IdempotencyRecord, KeyAlreadyUsed, OutOfOrder
 
@@ -45,6 +46,10 @@ class MemoryStore:
 
     def get_idempotency_record(self, idempotency_id: str) -> IdempotencyRecord | None:
         return self.records.get(idempotency_id)
+
+    def events_by_keys(self, keys) -> list:
+        landed = {(e.entity_id, e.event_id): e for commit in self.landed for e in commit.events}
+        return [landed[key] for key in keys if key in landed]
 
 
 class ContendedStore(MemoryStore):
@@ -312,7 +317,10 @@ def test_the_recorded_response_is_the_response_returned_and_expires_after_the_tt
 
     (commit,) = store.landed
     record = commit.idempotency
-    assert (record.body, record.resource) == (outcome.body, outcome.resource)
+    # The record names the events the answer is rendered from, and holds no copy of it.
+    assert record.body is None
+    assert (record.view, record.event_keys, record.resource) == ("transaction", tuple((e.entity_id, e.event_id) for e in commit.events), outcome.resource)
+    assert render(record.view, commit.events) == outcome.body
     assert record.idempotency_id == "key#tests#k"
     assert record.expires_at == int((NOW + timedelta(hours=2)).timestamp())
     assert commit.now_epoch == int(NOW.timestamp())
@@ -370,7 +378,7 @@ def test_a_write_that_an_account_s_newer_event_overtook_is_redrafted_with_ids_ab
     assert {e.event_id for e in first.events}.isdisjoint(e.event_id for e in landed.events)
     # The response and its record name the ids that landed, never the stale ones.
     assert [e["event_id"] for e in json.loads(outcome.body)["events"]] == [e.event_id for e in landed.events]
-    assert landed.idempotency.body == outcome.body
+    assert landed.idempotency.event_keys == tuple((e.entity_id, e.event_id) for e in landed.events)
     assert landed.token == landed.events[0].event_id
 
 

@@ -90,7 +90,8 @@ def leg(cls, account_id: str, amount: int, event_id: str) -> Any:
 RECORD = IdempotencyRecord(
     idempotency_id="key#anonymous#k",
     request_hash="f" * 64,
-    body='{"transaction_id":"01ARZ3NDEKTSV4RRFFQ69G5F00"}',
+    view="transaction",
+    event_keys=(("alice", "01ARZ3NDEKTSV4RRFFQ69G5F01"), ("bob", "01ARZ3NDEKTSV4RRFFQ69G5F02")),
     resource="/transactions/01ARZ3NDEKTSV4RRFFQ69G5F00",
     recorded_at="2026-11-22T10:00:00.000Z",
     expires_at=1_795_000_000,
