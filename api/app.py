@@ -30,7 +30,7 @@ from audit.checkpoints import Fold
 from composition.root import Root
 from ledger import errors
 from ledger.accounts import Account
-from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, StatusChangeRequest, TransferRequest
+from ledger.commands import BatchRequest, MovementRequest, OpenAccountRequest, ReversalRequest, StatusChangeRequest, TransferRequest
 from ledger.events import Event
 from ledger.ids import format_rfc3339, parse_rfc3339, ulid_time
 from ledger.service import DEFAULT_PAGE, MAX_PAGE, Outcome
@@ -328,6 +328,28 @@ def debit(view: View, account_id: str) -> Response:
 @route("/transfers", methods=["POST"], roles=("writer",))
 def transfer(view: View) -> Response:
     return _written(view.root.ledger.transfer(view.caller, parse_body(view.request, TransferRequest)))
+
+
+@route("/batches", methods=["POST"], roles=("writer",))
+def batch(view: View) -> Response:
+    """Atomic: 201 with every operation's transaction, or one problem for the whole batch. Independent: 200 with
+    a result per operation, each recorded (201) or refused (its problem document)."""
+    recorded = view.root.ledger.batch(view.caller, parse_body(view.request, BatchRequest))
+    if isinstance(recorded, Outcome):
+        headers = {"Content-Type": "application/json"}
+        if recorded.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(body=recorded.body, status_code=201, headers=headers)
+    results: list[dict[str, Any]] = []
+    for result in recorded:
+        if isinstance(result, Outcome):
+            results.append({"status": 201, **json.loads(result.body), **({"replayed": True} if result.replayed else {})})
+        else:
+            _count_refusal(view.root, result)
+            refusal = problem_for(result)
+            results.append({"status": refusal.status_code, "problem": json.loads(refusal.body)})
+    replayed = all(isinstance(r, Outcome) and r.replayed for r in recorded)
+    return _json(200, {"mode": "independent", "results": results}, {"Idempotent-Replayed": "true"} if replayed else None)
 
 
 @route("/transactions/{transaction_id}", methods=["GET"], roles=("reader", "auditor"))

@@ -19,8 +19,9 @@ from pydantic.json_schema import models_json_schema
 
 from ledger import errors
 from ledger.ids import ACCOUNT_ID_PATTERN, ULID_PATTERN
-from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, StatusChangeRequest, TransferRequest
-from ledger.service import MAX_IDEMPOTENCY_KEY, MAX_PAGE
+from ledger.commands import BatchRequest, MovementRequest, OpenAccountRequest, ReversalRequest, StatusChangeRequest, TransferRequest
+from ledger.commands import MAX_BATCH_OPERATIONS
+from ledger.service import MAX_IDEMPOTENCY_KEY, MAX_PAGE, MAX_TRANSACTION_ITEMS
 
 from . import schemas
 from .problems import RETRY_AFTER_SECONDS, STATUS_BY_ERROR
@@ -43,8 +44,8 @@ TRANSPORT_PROBLEMS: dict[str, int] = {
 
 _REF = "#/components/schemas/{model}"
 _MODELS: list[type[BaseModel]] = [
-    OpenAccountRequest, MovementRequest, TransferRequest, ReversalRequest, StatusChangeRequest,
-    schemas.AccountOut, schemas.TransactionOut, schemas.BalanceOut, schemas.PointInTimeOut, schemas.DigestOut,
+    OpenAccountRequest, MovementRequest, TransferRequest, ReversalRequest, StatusChangeRequest, BatchRequest,
+    schemas.AtomicBatchOut, schemas.IndependentBatchOut, schemas.AccountOut, schemas.TransactionOut, schemas.BalanceOut, schemas.PointInTimeOut, schemas.DigestOut,
     schemas.HistoryPageOut, schemas.TimelinePageOut, schemas.Problem, schemas.EventOut,
 ]  # fmt: skip
 
@@ -153,6 +154,14 @@ def _operation(
     return operation
 
 
+def _with_independent_answer(operation: dict[str, Any]) -> dict[str, Any]:
+    """An independent batch answers 200: each operation's own result, recorded (201) or refused (a problem)."""
+    answer = {"description": "independent: a result per operation", "content": _json_content(_ref(schemas.IndependentBatchOut))}
+    answer["headers"] = {"Idempotent-Replayed": _WRITTEN_HEADERS["Idempotent-Replayed"]}
+    operation["responses"] = {"200": answer, **operation["responses"]}
+    return operation
+
+
 def _paths() -> dict[str, Any]:
     transaction = _ref(schemas.TransactionOut)
     return {
@@ -198,6 +207,16 @@ def _paths() -> dict[str, Any]:
                 "transfer", "Move money between two accounts atomically: a debit and a credit under one transaction id",
                 (201, transaction), [*_MOVE_CODES, "insufficient_funds", "same_account"], body=TransferRequest, written=True,
             ),
+        },
+        "/batches": {
+            "post": _with_independent_answer(_operation(
+                "batch",
+                f"Up to {MAX_BATCH_OPERATIONS} credits, debits and transfers under one key: `atomic` (one transaction, all or "
+                f"none: at most {MAX_TRANSACTION_ITEMS} items, one per event, one per account and the key's record; 201) or "
+                "`independent` (each recorded or refused on its own, in order; 200 with a result per operation)",
+                (201, _ref(schemas.AtomicBatchOut)),
+                [*_MOVE_CODES, "insufficient_funds", "same_account", "batch_too_large"], body=BatchRequest, written=True,
+            )),
         },
         "/transactions/{transaction_id}": {
             "get": _operation(

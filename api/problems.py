@@ -41,6 +41,7 @@ STATUS_BY_ERROR: dict[type[errors.LedgerError], int] = {
     errors.CurrencyMismatch: 422,
     errors.InsufficientFunds: 422,
     errors.SameAccountTransfer: 422,
+    errors.BatchTooLarge: 422,
     errors.NotReversible: 422,
     errors.StoreUnavailable: 503,
     errors.NotYetReplicated: 503,

@@ -115,3 +115,27 @@ class Problem(_Out):
     status: int
     detail: str
     code: str
+
+
+class RecordedOperation(TransactionOut):
+    """One operation of a batch, recorded: its transaction, as its own write would answer it."""
+
+    status: Literal[201]
+    replayed: bool | None = Field(None, description="independent batches: true when this operation was recorded by an earlier request with the same key")
+
+
+class RefusedOperation(_Out):
+    """One operation of an independent batch, refused (nothing of it recorded): why, as a problem document."""
+
+    status: int
+    problem: Problem
+
+
+class AtomicBatchOut(_Out):
+    mode: Literal["atomic"]
+    results: list[RecordedOperation] = Field(description="one per operation, in order; all recorded together")
+
+
+class IndependentBatchOut(_Out):
+    mode: Literal["independent"]
+    results: list[RecordedOperation | RefusedOperation] = Field(description="one per operation, in order")

@@ -82,7 +82,8 @@ class Grant:
 
 GRANTS: dict[str, tuple[Grant, ...]] = {
     API_HANDLER: (
-        Grant("idempotency", ("dynamodb:GetItem", "dynamodb:PutItem")),
+        # An independent batch reads its operations' records at once, before it writes.
+        Grant("idempotency", ("dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem")),
         # The indexes project keys only: what a query of them finds is read from the table (BatchGetItem),
         # as is a replayed write's events.
         Grant("events", ("dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:Query")),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated
+from typing import Annotated, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -106,6 +106,39 @@ class StatusChangeRequest(_Request):
 
     description: Description | None = None
     metadata: Metadata = Field(default_factory=dict)
+
+
+MAX_BATCH_OPERATIONS = 100
+
+
+class CreditOperation(MovementRequest):
+    """A credit of a batch: the account is named in the operation."""
+
+    type: Literal["credit"]
+    account_id: AccountId
+
+
+class DebitOperation(MovementRequest):
+    type: Literal["debit"]
+    account_id: AccountId
+
+
+class TransferOperation(TransferRequest):
+    type: Literal["transfer"]
+
+
+BatchOperation = Annotated[Union[CreditOperation, DebitOperation, TransferOperation], Field(discriminator="type")]
+
+
+class BatchRequest(_Request):
+    """Up to 100 credits, debits and transfers under one Idempotency-Key.
+
+    `atomic`: all are recorded in one transaction, or none is. `independent`: each is
+    recorded or refused on its own, in order.
+    """
+
+    mode: Literal["atomic", "independent"]
+    operations: Annotated[list[BatchOperation], Field(min_length=1, max_length=MAX_BATCH_OPERATIONS)]
 
 
 def fingerprint(operation: str, target: str | None, request: BaseModel) -> str:

@@ -133,6 +133,13 @@ class InsufficientFunds(LedgerError):
     title = "Insufficient funds"
 
 
+class BatchTooLarge(LedgerError):
+    """An atomic batch needs more items than one transaction holds."""
+
+    code = "batch_too_large"
+    title = "The atomic batch does not fit in one transaction"
+
+
 class SameAccountTransfer(LedgerError):
     """A transfer names the same account on both sides."""
 

@@ -15,19 +15,32 @@ from typing import Literal
 from .accounts import Account
 from .events import AccountOpened, Event
 
-View = Literal["account", "transaction"]
+View = Literal["account", "transaction", "batch"]
 
 
 def render(view: View, events: Sequence[Event]) -> str:
     """The answer of a write that recorded `events` (in the order they were drafted)."""
     if view == "account":
         return _json(account_opened(events[0]).public())
-    first = events[0]
-    data: dict[str, object] = {"transaction_id": first.transaction_id, "type": first.transaction_type}
-    if first.reverses:
-        data["reverses"] = first.reverses
-    data["events"] = [event_json(event) for event in events]
-    return _json(data)
+    if view == "batch":
+        return _json({"mode": "atomic", "results": [{"status": 201, **transaction} for transaction in _transactions(events)]})
+    return _json(_transactions(events)[0])
+
+
+def _transactions(events: Sequence[Event]) -> list[dict[str, object]]:
+    """The events grouped by transaction, in order: each as the answer of its own write."""
+    grouped: dict[str, list[Event]] = {}
+    for event in events:
+        grouped.setdefault(event.transaction_id, []).append(event)
+    answers = []
+    for legs in grouped.values():
+        first = legs[0]
+        data: dict[str, object] = {"transaction_id": first.transaction_id, "type": first.transaction_type}
+        if first.reverses:
+            data["reverses"] = first.reverses
+        data["events"] = [event_json(event) for event in legs]
+        answers.append(data)
+    return answers
 
 
 def account_opened(event: Event) -> Account:

@@ -21,7 +21,18 @@ from typing import Literal
 from . import errors
 from .accounts import Account
 from .cursors import CursorCodec, development_key
-from .commands import MovementRequest, OpenAccountRequest, ReversalRequest, StatusChangeRequest, TransferRequest, fingerprint
+from .batches import combined_guards
+from .commands import (
+    BatchRequest,
+    CreditOperation,
+    DebitOperation,
+    MovementRequest,
+    OpenAccountRequest,
+    ReversalRequest,
+    StatusChangeRequest,
+    TransferRequest,
+    fingerprint,
+)
 from .events import AccountOpened, Credited, Debited, Event, StatusChanged
 from .ids import format_rfc3339, is_account_id, is_ulid, new_ulid, new_ulid_after, time_range_bounds, ulid_time
 from .responses import View, render
@@ -40,6 +51,7 @@ from .store import (
 )
 
 MAX_IDEMPOTENCY_KEY = 255
+MAX_TRANSACTION_ITEMS = 100  # TransactWriteItems' limit
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 Order = Literal["asc", "desc"]
@@ -73,7 +85,12 @@ class Caller:
         if outside:
             raise errors.Forbidden(f"transaction {transaction_id} moves money on {', '.join(outside)}, which this token may not touch")
 
-    def record_id(self) -> str:
+    def record_id(self, operation: int | None = None) -> str:
+        """The idempotency record's id of this key; of one operation of an independent batch under it.
+
+        An operation's id ends in `#<index>` after the key under its own prefix, so it spells no
+        single write's key (`op#` vs `key#`) and no other operation's (the index is the last part).
+        """
         key = self.idempotency_key
         if key is None:
             raise errors.IdempotencyKeyMissing("every write needs an Idempotency-Key header")
@@ -82,6 +99,8 @@ class Caller:
         # Its own prefix, so no scope reaches `reversal#` markers; `#` and `%` escaped in the scope, so no
         # (scope, key) pair spells another's (`org` + `team#k` vs `org#team` + `k`). Scopes without them
         # keep the form records had before the escape, so keys recorded earlier still replay.
+        if operation is not None:
+            return f"op#{escape_scope(self.scope)}#{key}#{operation}"
         return f"key#{escape_scope(self.scope)}#{key}"
 
 
@@ -138,7 +157,11 @@ class Minter:
         self.remote: dict[str, int] = remote if remote is not None else {}
 
     def __call__(self, account_id: str) -> str:
-        return new_ulid_after(self._floors.get(account_id))
+        """An id above the account's newest known, and above every id minted for it before (a batch's
+        events of one account sort in the order they were asked for)."""
+        minted = new_ulid_after(self._floors.get(account_id))
+        self._floors[account_id] = minted
+        return minted
 
     def learn(self, refusal: OutOfOrder | HomedElsewhere | StaleEpoch) -> None:
         """What a refused attempt taught: the next draft mints above, checks remotely, or writes under it."""
@@ -294,6 +317,88 @@ class Ledger:
             return self._transaction_draft(mint, transaction_id, (debit, credit))
 
         return self._record(record_id, fingerprint("transfer", None, request), draft)
+
+    def batch(self, caller: Caller, request: BatchRequest) -> Outcome | list[Outcome | errors.LedgerError]:
+        """Record a batch's operations: all in one transaction (`atomic`), or each on its own (`independent`)."""
+        for index, operation in enumerate(request.operations):
+            for account_id in _accounts_of(operation):
+                caller.check(account_id)
+            if isinstance(operation, TransferRequest) and operation.from_account == operation.to_account:
+                raise errors.SameAccountTransfer(f"operation {index}: from_account and to_account must differ", operations=[index])
+        if request.mode == "atomic":
+            return self._atomic_batch(caller, request)
+        return self._independent_batch(caller, request)
+
+    def _atomic_batch(self, caller: Caller, request: BatchRequest) -> Outcome:
+        """Every operation's events and one guard per account in one `TransactWriteItems`: all or none.
+
+        A hot account written 25 times in a batch takes one guarded update, not 25
+        transactions contending for its item.
+        """
+        record_id = caller.record_id()
+
+        def draft(mint: Minter) -> Draft:
+            events: list[Event] = []
+            guards: list[BalanceGuard] = []
+            for operation in request.operations:
+                transaction_id = new_ulid()
+                drafted = self._transaction_draft(mint, transaction_id, self._legs(caller, transaction_id, operation, mint))
+                events.extend(drafted.commit.events)
+                guards.extend(drafted.commit.guards)
+            combined = combined_guards(guards)
+            items = 1 + len(events) + len(combined)
+            if items > MAX_TRANSACTION_ITEMS:
+                raise errors.BatchTooLarge(
+                    f"an atomic batch writes its events (one per credit or debit, two per transfer), one item per "
+                    f"account and its idempotency record in one transaction of at most {MAX_TRANSACTION_ITEMS} items; "
+                    f"this one needs {items}: split it, or send it as independent",
+                    items=items,
+                    limit=MAX_TRANSACTION_ITEMS,
+                )
+            return Draft(Commit(events=tuple(events), guards=combined), "batch", "/batches")
+
+        try:
+            return self._record(record_id, fingerprint("batch", None, request), draft)
+        except errors.LedgerError as refused:
+            account = refused.extra.get("account_id")
+            if account is not None:  # which operations the refusal is about
+                refused.extra["operations"] = [i for i, op in enumerate(request.operations) if account in _accounts_of(op)]
+            raise
+
+    def _independent_batch(self, caller: Caller, request: BatchRequest) -> list[Outcome | errors.LedgerError]:
+        """Each operation recorded or refused on its own, in order, under the batch's key and its index.
+
+        Every operation's record carries the whole batch's fingerprint, so the key reused
+        for another batch is refused before anything is written.
+        """
+        fp = fingerprint("batch", None, request)
+        record_ids = [caller.record_id(operation=index) for index in range(len(request.operations))]
+        for record in self._store.idempotency_records(record_ids):
+            if record.request_hash != fp:
+                raise errors.IdempotencyKeyReused("this Idempotency-Key was used for a different request; use a new key")
+        results: list[Outcome | errors.LedgerError] = []
+        for index, operation in enumerate(request.operations):
+
+            def draft(mint: Minter, operation=operation) -> Draft:
+                transaction_id = new_ulid()
+                return self._transaction_draft(mint, transaction_id, self._legs(caller, transaction_id, operation, mint))
+
+            try:
+                results.append(self._record(record_ids[index], fp, draft))
+            except errors.LedgerError as refused:
+                results.append(refused)
+        return results
+
+    def _legs(self, caller: Caller, transaction_id: str, operation, mint: Minter) -> tuple[Event, ...]:
+        """The events of one operation of a batch, before their epochs."""
+        if isinstance(operation, TransferRequest):
+            return (
+                Debited(**self._leg(caller, transaction_id, "transfer", operation.from_account, operation, mint(operation.from_account)), counterparty=operation.to_account),
+                Credited(**self._leg(caller, transaction_id, "transfer", operation.to_account, operation, mint(operation.to_account)), counterparty=operation.from_account),
+            )  # fmt: skip
+        kind = "credit" if isinstance(operation, CreditOperation) else "debit"
+        event_class = Credited if kind == "credit" else Debited
+        return (event_class(**self._leg(caller, transaction_id, kind, operation.account_id, operation, mint(operation.account_id))),)
 
     def reverse(self, caller: Caller, transaction_id: str, request: ReversalRequest) -> Outcome:
         """Append events that negate every leg of a transaction; at most once per transaction.
@@ -612,3 +717,9 @@ def check_account_id(account_id: str) -> None:
     """Refuse an account id that is not of the allowed form (before any read uses it)."""
     if not is_account_id(account_id):
         raise errors.InvalidIdentifier("an account id is 1 to 64 characters of A-Z a-z 0-9 . _ : -")
+
+
+def _accounts_of(operation) -> tuple[str, ...]:
+    if isinstance(operation, TransferRequest):
+        return (operation.from_account, operation.to_account)
+    return (operation.account_id,)

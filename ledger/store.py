@@ -91,6 +91,16 @@ class BalanceGuard:
     remote_ok: bool = False  # a credit that may be remote (a transfer's or reversal's credit leg)
     status_from: str = "open"  # the status the account must have (every movement: open)
     status_to: str | None = None  # an operator's freeze or unfreeze: the status it gets
+    # Several events of one account in one commit (a batch) share one guard: the account's newest
+    # committed event must be below the first of them, `event_id` is the last, and `needed` is what
+    # `available` must hold so that no prefix of them takes it below zero (None: what a debit takes).
+    first_event_id: str | None = None
+    needed: int | None = None
+
+    @property
+    def requires(self) -> int:
+        """What `available` must hold before the commit, unless the account allows overdraft."""
+        return self.needed if self.needed is not None else max(0, -self.delta)
 
 
 @dataclass(frozen=True)
@@ -392,10 +402,12 @@ class EventStore:
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }
             }
+        # Its events come after the account's newest: `:event` (the only one), or `:first` of several.
+        above = ":first" if guard.first_event_id and guard.first_event_id != guard.event_id else ":event"
         condition = (
             "attribute_exists(account_id) AND #status = :status AND currency = :currency AND home_region = :region"
             " AND write_epoch = :epoch AND attribute_not_exists(moving_from)"
-            " AND (attribute_not_exists(last_event_id) OR last_event_id < :event)"
+            f" AND (attribute_not_exists(last_event_id) OR last_event_id < {above})"
         )
         values: dict[str, Any] = {
             ":delta": {"N": str(guard.delta)},
@@ -405,12 +417,14 @@ class EventStore:
             ":epoch": {"N": str(guard.epoch)},
             ":event": {"S": guard.event_id},
         }
+        if above == ":first":
+            values[":first"] = {"S": guard.first_event_id}
         if guard.status_to:
             values[":to"] = {"S": guard.status_to}
-        if guard.delta < 0:
+        if guard.requires > 0:
             condition += " AND (allow_overdraft = :true OR available >= :needed)"
             values[":true"] = {"BOOL": True}
-            values[":needed"] = {"N": str(-guard.delta)}
+            values[":needed"] = {"N": str(guard.requires)}
         return {
             "Update": {
                 "TableName": self._tables.accounts,
@@ -459,12 +473,12 @@ class EventStore:
             return StaleEpoch(name, account.write_epoch)
         if account.moving_from is not None:
             return self._moving(account)
-        if guard.delta < 0 and not account.allow_overdraft and account.available < -guard.delta:
+        if guard.requires > 0 and not account.allow_overdraft and account.available < guard.requires:
             return errors.InsufficientFunds(
-                f"account {name!r} does not allow overdraft and holds too little for {-guard.delta}",
+                f"account {name!r} does not allow overdraft and holds too little for {guard.requires}",
                 account_id=name,
             )
-        if account.last_event_id is not None and account.last_event_id >= guard.event_id:
+        if account.last_event_id is not None and account.last_event_id >= (guard.first_event_id or guard.event_id):
             return OutOfOrder(name, account.last_event_id)
         return Contention(on_idempotency_record=False)  # the item moved on since: try again
 
@@ -610,17 +624,26 @@ class EventStore:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
 
+    def idempotency_records(self, record_ids: Sequence[str]) -> list[IdempotencyRecord]:
+        """Those of these idempotency records that exist (strongly consistent), in no particular order."""
+        keys = [{"idempotency_id": {"S": i}} for i in dict.fromkeys(record_ids)]
+        return [_record_from_item(item) for item in self._batch_get(self._tables.idempotency, keys)]
+
     def records_present(self, record_ids: Sequence[str]) -> set[str]:
         """Which of these idempotency records this replica holds (strongly consistent)."""
-        present: set[str] = set()
-        for start in range(0, len(record_ids), 100):
-            keys = [{"idempotency_id": {"S": i}} for i in dict.fromkeys(record_ids[start : start + 100])]
-            request = {self._tables.idempotency: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "idempotency_id"}}
+        keys = [{"idempotency_id": {"S": i}} for i in dict.fromkeys(record_ids)]
+        return {item["idempotency_id"]["S"] for item in self._batch_get(self._tables.idempotency, keys, "idempotency_id")}
+
+    def _batch_get(self, table: str, keys: list[dict[str, Any]], projection: str | None = None) -> Iterator[dict[str, Any]]:
+        """The items of these (distinct) keys that exist, read consistently, 100 keys to a request."""
+        for start in range(0, len(keys), 100):
+            request: dict[str, Any] = {table: {"Keys": keys[start : start + 100], "ConsistentRead": True}}
+            if projection:
+                request[table]["ProjectionExpression"] = projection
             while request:
                 page = self._client.batch_get_item(RequestItems=request)
-                present.update(i["idempotency_id"]["S"] for i in page.get("Responses", {}).get(self._tables.idempotency, []))
+                yield from page.get("Responses", {}).get(table, [])
                 request = page.get("UnprocessedKeys") or {}
-        return present
 
     def account_ids(self) -> Iterator[str]:
         request: dict[str, Any] = {"TableName": self._tables.accounts, "ProjectionExpression": "account_id"}
@@ -706,17 +729,8 @@ class EventStore:
 
     def events_by_keys(self, keys: Sequence[tuple[str, str]]) -> list[Event]:
         """The events with these (entity_id, event_id) keys, read consistently, in the keys' order; absent ones left out."""
-        found: dict[tuple[str, str], Event] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 100):  # BatchGetItem takes 100 keys
-            chunk = [{"entity_id": {"S": entity}, "event_id": {"S": event}} for entity, event in unique[start : start + 100]]
-            request: dict[str, Any] = {self._tables.events: {"Keys": chunk, "ConsistentRead": True}}
-            while request:
-                page = self._client.batch_get_item(RequestItems=request)
-                for item in page.get("Responses", {}).get(self._tables.events, []):
-                    event = event_from_item(item)
-                    found[(event.entity_id, event.event_id)] = event
-                request = page.get("UnprocessedKeys") or {}
+        wanted = [{"entity_id": {"S": entity}, "event_id": {"S": event}} for entity, event in dict.fromkeys(keys)]
+        found = {(e.entity_id, e.event_id): e for e in map(event_from_item, self._batch_get(self._tables.events, wanted))}
         return [found[key] for key in keys if key in found]
 
     def _whole(self, items: list[dict[str, Any]]) -> list[Event]:

@@ -81,6 +81,12 @@ def _workload(stage, moto_dynamodb) -> None:
         to_alice = {"from_account": "carol", "to_account": "alice", "amount": 50, "currency": "EUR"}
         assert west.post("/accounts/carol/credits", {"amount": 100, "currency": "EUR"}).status == 201
         assert west.post("/transfers", to_alice).status == 201  # recorded in the west, settled at alice's home
+        batch = [
+            {"type": "credit", "account_id": "alice", "amount": 5, "currency": "EUR"},
+            {"type": "transfer", "from_account": "alice", "to_account": "carol", "amount": 3, "currency": "EUR"},
+        ]
+        assert east.post("/batches", {"mode": "atomic", "operations": batch}).status == 201
+        assert east.post("/batches", {"mode": "independent", "operations": batch}).status == 200
         transaction = transfer.json["transaction_id"]
         assert east.get("/accounts/alice").status == 200
         assert east.get(f"/transactions/{transaction}").status == 200
@@ -107,7 +113,7 @@ def _workload(stage, moto_dynamodb) -> None:
         answer = roots[EAST].stream_handler({"Records": records}, None)
         assert len(answer["batchItemFailures"]) == 1  # the ghost's record, and only it
         shown = east.get("/accounts/alice/balance")
-        assert shown.json.get("balance") == 1250 - 200 - 100 + 50, shown.json
+        assert shown.json.get("balance") == 1250 - 200 - 100 + 50 + 2 * (5 - 3), shown.json  # the two batches: 5 in, 3 out
 
 
 def _observed(guard, stage: str, template_stage: str, workload) -> Counter:
