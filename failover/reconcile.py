@@ -161,13 +161,14 @@ def _overdraft(account: _Account) -> list[Finding]:
 
 
 def _duplicates(root: Root, accounts: dict[str, _Account]) -> list[Finding]:
-    transactions: dict[tuple[str, str], dict[str, list[Event]]] = defaultdict(lambda: defaultdict(list))
+    # One write per (caller, key), or per operation of a batch under the key: a second transaction is a duplicate.
+    transactions: dict[tuple[str, str, int | None], dict[str, list[Event]]] = defaultdict(lambda: defaultdict(list))
     for account in accounts.values():
         for event in account.log:
             if event.caller is not None and event.transaction_type not in ("open", "move"):
-                transactions[(event.caller, event.idempotency_key)][event.transaction_id].append(event)
+                transactions[(event.caller, event.idempotency_key, event.batch_operation)][event.transaction_id].append(event)
     found = []
-    for (caller, key), recorded in transactions.items():
+    for (caller, key, _), recorded in transactions.items():
         if len(recorded) < 2:
             continue
         first, *later = sorted(recorded, key=lambda tx: min(e.event_id for e in recorded[tx]))

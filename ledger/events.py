@@ -42,6 +42,9 @@ class _Event(BaseModel):
     # True on a credit recorded outside the account's home region (the credit leg of a transfer
     # between homes): its home's projector adds it to the account's available balance.
     available_pending: bool | None = None
+    # On the events of a batch (`POST /batches`): the index of their operation. A batch's operations share
+    # its Idempotency-Key, so (caller, key, batch_operation) names one operation's write.
+    batch_operation: int | None = None
 
     @property
     def signed_amount(self) -> int:

@@ -340,9 +340,9 @@ class Ledger:
         def draft(mint: Minter) -> Draft:
             events: list[Event] = []
             guards: list[BalanceGuard] = []
-            for operation in request.operations:
+            for index, operation in enumerate(request.operations):
                 transaction_id = new_ulid()
-                drafted = self._transaction_draft(mint, transaction_id, self._legs(caller, transaction_id, operation, mint))
+                drafted = self._transaction_draft(mint, transaction_id, self._legs(caller, transaction_id, index, operation, mint))
                 events.extend(drafted.commit.events)
                 guards.extend(drafted.commit.guards)
             combined = combined_guards(guards)
@@ -379,9 +379,9 @@ class Ledger:
         results: list[Outcome | errors.LedgerError] = []
         for index, operation in enumerate(request.operations):
 
-            def draft(mint: Minter, operation=operation) -> Draft:
+            def draft(mint: Minter, index=index, operation=operation) -> Draft:
                 transaction_id = new_ulid()
-                return self._transaction_draft(mint, transaction_id, self._legs(caller, transaction_id, operation, mint))
+                return self._transaction_draft(mint, transaction_id, self._legs(caller, transaction_id, index, operation, mint))
 
             try:
                 results.append(self._record(record_ids[index], fp, draft))
@@ -389,16 +389,20 @@ class Ledger:
                 results.append(refused)
         return results
 
-    def _legs(self, caller: Caller, transaction_id: str, operation, mint: Minter) -> tuple[Event, ...]:
-        """The events of one operation of a batch, before their epochs."""
+    def _legs(self, caller: Caller, transaction_id: str, index: int, operation, mint: Minter) -> tuple[Event, ...]:
+        """The events of operation `index` of a batch, before their epochs."""
+
+        def leg(kind: str, account_id: str) -> dict:
+            return {**self._leg(caller, transaction_id, kind, account_id, operation, mint(account_id)), "batch_operation": index}
+
         if isinstance(operation, TransferRequest):
             return (
-                Debited(**self._leg(caller, transaction_id, "transfer", operation.from_account, operation, mint(operation.from_account)), counterparty=operation.to_account),
-                Credited(**self._leg(caller, transaction_id, "transfer", operation.to_account, operation, mint(operation.to_account)), counterparty=operation.from_account),
-            )  # fmt: skip
-        kind = "credit" if isinstance(operation, CreditOperation) else "debit"
-        event_class = Credited if kind == "credit" else Debited
-        return (event_class(**self._leg(caller, transaction_id, kind, operation.account_id, operation, mint(operation.account_id))),)
+                Debited(**leg("transfer", operation.from_account), counterparty=operation.to_account),
+                Credited(**leg("transfer", operation.to_account), counterparty=operation.from_account),
+            )
+        if isinstance(operation, CreditOperation):
+            return (Credited(**leg("credit", operation.account_id)),)
+        return (Debited(**leg("debit", operation.account_id)),)
 
     def reverse(self, caller: Caller, transaction_id: str, request: ReversalRequest) -> Outcome:
         """Append events that negate every leg of a transaction; at most once per transaction.

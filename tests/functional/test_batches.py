@@ -255,3 +255,14 @@ def test_the_answer_of_an_atomic_batch_is_its_events(api, accounts, ledger):
     recorded = {e["event_id"]: e for r in response.json["results"] for e in r["events"]}
     stored = {e.event_id: json.loads(e.model_dump_json(exclude_none=True)) for a in ("hot", "bob") for e in ledger.full_history(a)}
     assert all(stored[event_id] == event for event_id, event in recorded.items())
+
+
+def test_a_batch_s_operations_under_one_key_are_not_duplicates_to_reconcile(api, accounts, root):
+    """Reconcile names a key recorded as two transactions; a batch's operations are one write each."""
+    from failover.reconcile import find
+
+    operations = [credit("hot", 10), credit("hot", 10), transfer("hot", "bob", 1)]
+    assert api.post("/batches", {"mode": "atomic", "operations": operations}, key="many").status == 201
+    assert api.post("/batches", {"mode": "independent", "operations": operations}, key="each-many").status == 200
+
+    assert find(root) == []
