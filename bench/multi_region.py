@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import math
 import os
 import subprocess
@@ -47,8 +48,15 @@ REGIONS = ("us-east-1", "eu-west-1")
 LEDGER = str(Path(sys.executable).with_name("ledger"))
 
 
+TOKEN = [""]  # serve's operator token, from its ready line
+
+
+def headers(key: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", "Idempotency-Key": key, "Authorization": f"Bearer {TOKEN[0]}"}
+
+
 def post(url: str, body: dict, key: str) -> int:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json", "Idempotency-Key": key}, method="POST")
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers(key), method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status
@@ -95,6 +103,7 @@ def live_figures(args: argparse.Namespace) -> None:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("ledger serve did not start:\n" + log.read_text())
             time.sleep(0.2)
+        TOKEN[0] = re.search(r"TOKEN=(\S+)", log.read_text()).group(1)
         apis = {region: f"http://127.0.0.1:{args.port + i}" for i, region in enumerate(REGIONS)}
         for region in REGIONS:
             assert post(f"{apis[region]}/accounts", {"account_id": f"acct-{region}", "currency": "EUR"}, f"open-{region}") == 201
@@ -143,7 +152,7 @@ def failover_figures(apis: dict[str, str], data_dir: Path, rate: float) -> None:
             key = f"moving-{n}"
             while not stop.is_set():  # the same key until it is recorded
                 request = urllib.request.Request(f"{apis[home[0]]}/accounts/acct-us-east-1/credits", json.dumps({"amount": 1, "currency": "EUR"}).encode(),
-                                                 {"Content-Type": "application/json", "Idempotency-Key": key}, method="POST")  # fmt: skip
+                                                 headers(key), method="POST")  # fmt: skip
                 try:
                     with urllib.request.urlopen(request, timeout=10) as response:
                         answers["201"] = answers.get("201", 0) + 1
@@ -175,7 +184,10 @@ def write_units(data_dir: Path) -> None:
     """WCU of one credit's items in the home region (transactional) and in each other replica (replicated)."""
     import boto3
 
-    from write_path import item_size, kb_units
+    from write_path import index_entry_size, index_layouts, item_size, kb_units
+
+    from ledger.config import Settings
+    from ledger.service import escape_scope
 
     state = json.loads((data_dir / "serve.json").read_text())
     home = state["regions"][REGIONS[0]]["endpoint_url"]
@@ -185,9 +197,10 @@ def write_units(data_dir: Path) -> None:
         TableName="dev-ledger-events", KeyConditionExpression="entity_id = :a", ScanIndexForward=False, Limit=1,
         ExpressionAttributeValues={":a": {"S": f"acct-{REGIONS[0]}"}},
     )["Items"][0]  # fmt: skip
-    record = client.get_item(TableName="dev-ledger-idempotency", Key={"idempotency_id": {"S": f"key#anonymous#{event['idempotency_key']['S']}"}})["Item"]
+    record = client.get_item(TableName="dev-ledger-idempotency", Key={"idempotency_id": {"S": f"key#{escape_scope(event['caller']['S'])}#{event['idempotency_key']['S']}"}})["Item"]
     items = {"event": event, "account": account, "idempotency record": record}
-    indexes = 2 * kb_units(item_size(event))  # the event's two index entries, written in every replica
+    layouts = index_layouts(Settings(stage="dev"))["dev-ledger-events"].values()
+    indexes = sum(kb_units(index_entry_size(event, *layout)) for layout in layouts)  # written in every replica
     home_units = sum(2 * kb_units(item_size(item)) for item in items.values()) + indexes
     replica_units = sum(kb_units(item_size(item)) for item in items.values()) + indexes
     sizes = ", ".join(f"{name} {item_size(item)} B" for name, item in items.items())

@@ -377,7 +377,13 @@ class Ledger:
             if record.request_hash != fp:
                 raise errors.IdempotencyKeyReused("this Idempotency-Key was used for a different request; use a new key")
         results: list[Outcome | errors.LedgerError] = []
+        started = self._monotonic()
         for index, operation in enumerate(request.operations):
+            if self._monotonic() - started > self._retry.budget_seconds:
+                # Each operation may take the whole retry budget; the batch stops starting new ones after one
+                # budget, so its answer stays inside API Gateway's and Lambda's time. A retry picks up the rest.
+                results.append(errors.StoreUnavailable(f"operation {index} was not tried in time; retry the batch with the same Idempotency-Key"))
+                continue
 
             def draft(mint: Minter, index=index, operation=operation) -> Draft:
                 transaction_id = new_ulid()

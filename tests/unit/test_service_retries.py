@@ -420,3 +420,25 @@ def test_contention_stops_when_the_time_budget_is_spent_even_with_attempts_left(
 
     assert elapsed[0] <= 5.0 + 1.0 + RetryPolicy().cap_seconds
     assert len(store.attempts) < 100
+
+
+def test_an_independent_batch_stops_starting_operations_after_one_retry_budget():
+    """Each operation may spend the whole budget; a batch of 100 must still answer within API Gateway's time."""
+    from ledger.commands import BatchRequest
+
+    store = ContendedStore(math.inf)
+    store.idempotency_records = lambda ids: []
+    elapsed = [0.0]
+
+    def sleep(seconds: float) -> None:
+        elapsed[0] += seconds
+
+    policy = RetryPolicy()
+    ledger = Ledger(store, REGION, clock=lambda: NOW, sleep=sleep, monotonic=lambda: elapsed[0], retry=policy)  # type: ignore[arg-type]
+    operations = [{"type": "credit", "account_id": "alice", "amount": 1, "currency": "EUR"}] * 100
+
+    results = ledger.batch(caller(), BatchRequest.model_validate({"mode": "independent", "operations": operations}))
+
+    assert len(results) == 100 and all(isinstance(r, errors.StoreUnavailable) for r in results)
+    assert elapsed[0] <= 2 * policy.budget_seconds
+    assert len(store.attempts) < 100  # the later operations were not tried at all
