@@ -34,8 +34,9 @@ CSV_COLUMNS = [
     "event_id", "entity_id", "transaction_id", "type", "transaction_type", "amount", "currency", "recorded_at",
     "region", "idempotency_key", "counterparty", "allow_overdraft", "reverses", "description", "metadata",
     "schema_version", "write_epoch", "available_pending",
-    # Added later, at the end so earlier columns keep their places: who wrote it, moves of homes, freezes.
-    "caller", "from_region", "forced", "status",
+    # Added later, at the end so earlier columns keep their places: who wrote it, moves of homes, freezes,
+    # the operation of a batch.
+    "caller", "from_region", "forced", "status", "batch_operation",
 ]  # fmt: skip
 
 Source = Callable[[Position | None], Iterator[Event]]

@@ -6,8 +6,10 @@ query per shard, merged in order: an empty year costs `TIME_SHARDS` requests, no
 query per day and shard. A page asks each shard first for its share of the page
 (`limit / TIME_SHARDS`, plus one to look ahead), then refills only the shard the
 merge runs dry on, with half of what the page still lacks, so it reads little more than it
-returns however the events fall. An export reads each shard in large pages: its
-cost is linear in the events exported.
+returns however the events fall. The index projects keys only: the merge orders
+positions, and only the events the page returns are read from the table, 100 to a
+request. An export reads each shard in large pages: its cost is linear in the events
+exported.
 
 Ties on the event id are broken by account, so `(event_id, entity_id)` is a total
 order and a resume point (ties need two regions to draw the same 80 random bits in
@@ -36,6 +38,7 @@ from ledger.store import EventStore
 
 MAX_WINDOW = timedelta(days=366)
 MAX_QUERY_LIMIT = 1000
+READ_BATCH = 100  # events read from the table per request (BatchGetItem's limit)
 # How long after its id's instant an event may still appear in the index: the write
 # path's time budget (a commit lands at most seconds after it minted its ids), clock
 # differences between writers, and the index's own propagation, with room to spare.
@@ -72,7 +75,13 @@ class Timeline:
 
     def events(self, start: datetime, end: datetime, after: Position | None = None) -> Iterator[Event]:
         """Every event recorded in [start, end] (inclusive, to the millisecond), after `after`, in large pages."""
-        return self._merged(start, end, after, lambda _first: MAX_QUERY_LIMIT)
+        chunk: list[Position] = []
+        for position in self._merged(start, end, after, lambda _first: MAX_QUERY_LIMIT):
+            chunk.append(position)
+            if len(chunk) == READ_BATCH:
+                yield from self._store.events_at(chunk)
+                chunk = []
+        yield from self._store.events_at(chunk)
 
     def page(self, start: datetime, end: datetime | None, limit: int, cursor: str | None = None) -> TimelinePage:
         """One page, with a cursor bound to this window while more remain.
@@ -90,38 +99,39 @@ class Timeline:
             raise errors.InvalidQuery("the window is at most 366 days; page through longer periods window by window")
         window = (format_rfc3339(start), format_rfc3339(end))
         after = self._position(fields, window, start, end) if fields else None
-        found: list[Event] = []
+        found: list[Position] = []
 
         def want(first: bool) -> int:
             lacking = limit + 1 - len(found)  # one more than the page, to know whether more remain
             share = -(-lacking // TIME_SHARDS) + 1 if first else -(-lacking // 2) + 1
             return max(2, min(share, MAX_QUERY_LIMIT))
 
-        for event in self._merged(start, end, after, want):
-            found.append(event)
+        for position in self._merged(start, end, after, want):
+            found.append(position)
             if len(found) > limit:
                 break
         more = len(found) > limit
         found = found[:limit]
-        next_cursor = self._write_cursor(window, position_of(found[-1])) if more else None
-        return TimelinePage(found, next_cursor, min(settled, end))
+        next_cursor = self._write_cursor(window, found[-1]) if more else None
+        return TimelinePage(self._store.events_at(found), next_cursor, min(settled, end))
 
-    def _merged(self, start: datetime, end: datetime, after: Position | None, want: Want) -> Iterator[Event]:
+    def _merged(self, start: datetime, end: datetime, after: Position | None, want: Want) -> Iterator[Position]:
+        """The positions of the window's events in timeline order: the shards' index entries (keys only), merged."""
         low, high = time_range_bounds(start, end)
         if after is not None:
             low = max(low, after[0])
         shards = [self._shard(f"{n:02d}", low, high, want) for n in range(TIME_SHARDS)]
-        for event in heapq.merge(*shards, key=position_of):
-            if after is None or position_of(event) > after:
-                yield event
+        for position in heapq.merge(*shards):
+            if after is None or position > after:
+                yield position
 
-    def _shard(self, shard: str, low: str, high: str, want: Want) -> Iterator[Event]:
+    def _shard(self, shard: str, low: str, high: str, want: Want) -> Iterator[Position]:
         resume: Position | None = None
         first = True
         while True:
-            events, resume = self._store.time_shard_events(shard, low, high, want(first), resume)
+            positions, resume = self._store.time_shard_positions(shard, low, high, want(first), resume)
             first = False
-            yield from events
+            yield from positions
             if resume is None:
                 return
 

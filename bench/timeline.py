@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -34,6 +35,7 @@ if str(ROOT) not in sys.path:
 import ulid  # noqa: E402
 from chalice.test import Client  # noqa: E402
 
+from access.tokens import TokenCodec  # noqa: E402
 from composition.root import Root  # noqa: E402
 from api.app import create_app  # noqa: E402
 from ledger.config import Settings, dynamodb_client  # noqa: E402
@@ -44,20 +46,27 @@ from runtime.dynamodb_local import DynamoDBLocal, ensure_installed  # noqa: E402
 from runtime.tables import ensure_tables  # noqa: E402
 
 START = datetime(2025, 1, 1, tzinfo=timezone.utc)
+TOKEN = [""]  # an auditor's token for every account, signed with this run's key
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 class Counter:
-    """Counts Query requests and the items they returned, through botocore's own events."""
+    """Counts read requests (index queries, and the BatchGetItems that fetch what keys-only indexes found) and
+    the items they returned, through botocore's own events."""
 
     def __init__(self, client: Any) -> None:
         self.queries = 0
         self.items = 0
         client.meta.events.register("after-call.dynamodb.Query", self._count)
+        client.meta.events.register("after-call.dynamodb.BatchGetItem", self._count_batch)
 
     def _count(self, parsed: dict[str, Any], **_: Any) -> None:
         self.queries += 1
         self.items += len(parsed.get("Items", []))
+
+    def _count_batch(self, parsed: dict[str, Any], **_: Any) -> None:
+        self.queries += 1
+        self.items += sum(len(items) for items in parsed.get("Responses", {}).values())
 
     def take(self) -> tuple[int, int]:
         taken = (self.queries, self.items)
@@ -81,7 +90,7 @@ def page(http: Any, start: datetime, end: datetime, limit: int, cursor: str | No
     params = {"from": format_rfc3339(start), "to": format_rfc3339(end), "limit": limit}
     if cursor:
         params["cursor"] = cursor
-    response = http.http.get(f"/events?{urlencode(params)}")
+    response = http.http.get(f"/events?{urlencode(params)}", headers={"Authorization": f"Bearer {TOKEN[0]}"})
     assert response.status_code == 200, response.body
     import json
 
@@ -99,7 +108,8 @@ def main() -> None:
     ensure_installed()
     rng = random.Random(args.seed)
     with DynamoDBLocal() as database:
-        settings = Settings(stage="bench", endpoint_url=database.endpoint_url)
+        settings = Settings(stage="bench", endpoint_url=database.endpoint_url, token_key=secrets.token_hex(32))
+        TOKEN[0] = TokenCodec(settings.token_key).issue("bench-auditor", ["auditor"], ["*"], 3600)
         client = dynamodb_client(settings)
         ensure_tables(client, settings)
         root = Root(settings, client=client)

@@ -689,13 +689,14 @@ class EventStore:
             found.append(event_from_item(item))
         return found[:limit], len(found) > limit
 
-    def time_shard_events(
+    def time_shard_positions(
         self, shard: str, low: str, high: str, limit: int, after: tuple[str, str] | None = None
-    ) -> tuple[list[Event], tuple[str, str] | None]:
-        """Up to `limit` events of one time shard with ids in [low, high], after `after`, in id order.
+    ) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
+        """Up to `limit` positions of events of one time shard with ids in [low, high], after `after`, in id order.
 
-        Positions are (event_id, entity_id). Returns the events and the position to
-        resume from (None: the shard holds no more in range).
+        Positions are (event_id, entity_id); the index projects keys only, and the
+        events of the positions a reader keeps are read with `events_at`. Returns the
+        positions and the position to resume from (None: the shard holds no more in range).
         Index reads are eventually consistent: the newest events may not be there yet.
         """
         request: dict[str, Any] = {
@@ -704,6 +705,7 @@ class EventStore:
             "KeyConditionExpression": "#shard = :shard AND event_id BETWEEN :low AND :high",
             "ExpressionAttributeNames": {"#shard": TIME_SHARD_ATTRIBUTE},
             "ExpressionAttributeValues": {":shard": {"S": shard}, ":low": {"S": low}, ":high": {"S": high}},
+            "ProjectionExpression": "event_id, entity_id",
             "Limit": limit,
         }
         if after is not None:
@@ -713,34 +715,32 @@ class EventStore:
                 "entity_id": {"S": after[1]},
             }
         page = self._client.query(**request)
-        events = self._whole(page.get("Items", []))
+        positions = [(item["event_id"]["S"], item["entity_id"]["S"]) for item in page.get("Items", [])]
         last = page.get("LastEvaluatedKey")
-        return events, ((last["event_id"]["S"], last["entity_id"]["S"]) if last else None)
+        return positions, ((last["event_id"]["S"], last["entity_id"]["S"]) if last else None)
+
+    def events_at(self, positions: Sequence[tuple[str, str]]) -> list[Event]:
+        """The events at these (event_id, entity_id) positions, in their order (read consistently from the table)."""
+        return self.events_by_keys([(entity_id, event_id) for event_id, entity_id in positions])
 
     def transaction_events(self, transaction_id: str) -> list[Event]:
-        """Every leg of a transaction, in event id order (through the transaction index)."""
+        """Every leg of a transaction, in event id order: found through the transaction index (keys only), read
+        from the table."""
         request = {
             "TableName": self._tables.events,
             "IndexName": TRANSACTION_INDEX,
             "KeyConditionExpression": "transaction_id = :transaction",
             "ExpressionAttributeValues": {":transaction": {"S": transaction_id}},
+            "ProjectionExpression": "entity_id, event_id",
         }
-        return self._whole(list(self._query(request)))
+        legs = sorted((item["event_id"]["S"], item["entity_id"]["S"]) for item in self._query(request))
+        return self.events_at(legs)
 
     def events_by_keys(self, keys: Sequence[tuple[str, str]]) -> list[Event]:
         """The events with these (entity_id, event_id) keys, read consistently, in the keys' order; absent ones left out."""
         wanted = [{"entity_id": {"S": entity}, "event_id": {"S": event}} for entity, event in dict.fromkeys(keys)]
         found = {(e.entity_id, e.event_id): e for e in map(event_from_item, self._batch_get(self._tables.events, wanted))}
         return [found[key] for key in keys if key in found]
-
-    def _whole(self, items: list[dict[str, Any]]) -> list[Event]:
-        """Events of index entries: the indexes project keys only, so the events are read from the table.
-
-        An index that still projects everything (created before) hands them over whole.
-        """
-        if all("type" in item for item in items):
-            return [event_from_item(item) for item in items]
-        return self.events_by_keys([(item["entity_id"]["S"], item["event_id"]["S"]) for item in items])
 
     def _query(self, request: dict[str, Any], want: int | None = None) -> Iterator[dict[str, Any]]:
         request = dict(request)
