@@ -80,8 +80,8 @@ class SizedClient:
 
     def __init__(self, real: Any, probe: Any) -> None:
         self._real, self._probe = real, probe
-        self.writes: Counter[str] = Counter()  # item writes by operation (a statement of a batch is one)
-        self.requests = 0  # write requests (a batch of statements is one)
+        self.writes: Counter[str] = Counter()  # items written by operation (a transaction of two is two)
+        self.requests = 0  # write requests (a transaction is one)
         self.refused = 0
         self.units = 0.0
         self.local_units = 0.0  # what DynamoDB Local reports for single-item writes
@@ -102,14 +102,14 @@ class SizedClient:
             response = call()
         except Exception:
             with self._lock:
-                self.writes[operation] += 1
+                self.writes[operation] += len(bodies)
                 self.requests += 1
                 self.refused += 1
                 self.units += sum(per_kb * kb_units(b) for b in before)  # a refused write is paid too
             raise
         after = [self._size(table, key) for table, key in keys]
         with self._lock:
-            self.writes[operation] += 1
+            self.writes[operation] += len(bodies)
             self.requests += 1
             self.units += sum(per_kb * kb_units(max(b, a)) for b, a in zip(before, after))
             self.largest_item = max([self.largest_item, *after])
@@ -137,27 +137,6 @@ class SizedClient:
     def update_item(self, **request: Any) -> Any:
         call = lambda: self._real.update_item(**request, ReturnConsumedCapacity="TOTAL")  # noqa: E731
         return self._measured("UpdateItem", [(request["TableName"], request["Key"])], call, 1)
-
-    def batch_execute_statement(self, **request: Any) -> Any:
-        """Each statement is its own write: 1 WCU per KB of its item, refused ones included."""
-        keys = []
-        for statement in request["Statements"]:
-            table = statement["Statement"].split('"')[1]
-            key = next(p for p in statement["Parameters"] if p.get("S", "").startswith("balance#"))
-            keys.append((table, {"pk": key}))
-        before = [self._size(table, key) for table, key in keys]
-        response = self._real.batch_execute_statement(**request, ReturnConsumedCapacity="TOTAL")
-        after = [self._size(table, key) for table, key in keys]
-        with self._lock:
-            self.writes["ExecuteStatement"] += len(keys)
-            self.requests += 1
-            for b, a, answer in zip(before, after, response["Responses"]):
-                self.refused += "Error" in answer
-                self.units += kb_units(max(b, a))
-                self.largest_item = max(self.largest_item, a)
-            for capacity in response.get("ConsumedCapacity") or []:
-                self.local_units += capacity.get("CapacityUnits", 0.0)
-        return response
 
 
 def account_names(count: int) -> list[str]:
@@ -246,9 +225,8 @@ def print_units(results: list[tuple[str, float, dict[str, Any]]]) -> None:
         )
     print(
         "   WCU/ev: AWS's rules on the exact items (1 per started KB of the larger of before and after, 2 per KB in a\n"
-        "   transaction, refused writes included). Local: what DynamoDB Local reports (it undercounts transactions and\n"
-        "   reports nothing for statements).\n"
-        "   requests/ev: write requests (a batch of statements is one); item writes/ev: items written (a statement is one).\n"
+        "   transaction, refused writes included). Local: what DynamoDB Local reports (it undercounts transactions).\n"
+        "   requests/ev: write requests (a transaction is one); item writes/ev: items written (each item of a transaction).\n"
         f"   A credit end to end: its own write ({WRITE_PATH_WCU} WCU, bench/write_path.py) plus its projection. Account ids\n"
         "   of 9 characters, events without description or metadata (neither is in the balance item: the item's size\n"
         "   depends on the account id's length and the figures, at most 1 KB with a 64-character id)."

@@ -52,10 +52,10 @@ class Root:
     projection_window: int | None = None
     # How many requests of a projected batch are in flight at once.
     projection_workers: int = 4
-    # How the projector's writes of several accounts travel together (`projections.store.Writes`):
-    # PartiQL statements on AWS (one write unit each); `ledger serve` sends them to its DynamoDB Local
-    # as transactions (one commit to disk for many), and to its moto fallback one by one.
-    projection_writes: Writes = "statements"
+    # How the projector's writes of several accounts travel (`projections.store.Writes`): one
+    # conditional PutItem each on AWS (one write unit each); `ledger serve` sends them to its
+    # DynamoDB Local as transactions (one commit to disk for many), and to its moto fallback one by one.
+    projection_writes: Writes = "items"
 
     @classmethod
     def from_environment(cls) -> Root:

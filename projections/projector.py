@@ -2,11 +2,11 @@
 
 Events are grouped by account; each group is one write of the account's balance item,
 which decides for itself, on its own dedupe record, which events are new
-(`BalanceStore.apply_groups`). The writes of many accounts go in one request (25
-statements, or one transaction of up to 100 where each request is a commit to disk),
-and those requests are sent concurrently (`workers` at a time): a batch of 100
-events over 100 accounts is four requests in flight together, not 100 one after the
-other. Within an account nothing depends on arrival order: the view
+(`BalanceStore.apply_groups`). The accounts of a batch are spread over `workers`
+concurrent workers, each writing its share one conditional PutItem per account: a
+batch of 100 events over 100 accounts is four writes in flight at a time, not 100
+one after the other. Where each request is a commit to disk (DynamoDB Local), the
+store writes them instead in one transaction of up to 100 items. Within an account nothing depends on arrival order: the view
 counts every event once whatever the order, and its `as_of` only ever moves to a
 newer event.
 """

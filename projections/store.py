@@ -27,11 +27,11 @@ a refused write comes back with the item as it is now and is planned again. The
 process keeps the items as it last wrote or read them, so a batch reads only the
 items it does not know yet (one BatchGetItem).
 
-Several accounts' writes travel together (`Writes`): as PartiQL statements, 25 to a
-request, each its own conditional write of one item (one write unit on AWS); as one
-transaction (DynamoDB Local commits each request to disk once: `ledger serve` uses
-this; on AWS it would cost two write units per item); or one PutItem each (moto, whose
-PartiQL takes none of these statements).
+Several accounts' writes travel together or apart (`Writes`): one conditional PutItem
+each (one write unit on AWS; the batch's accounts spread over the projector's
+concurrent workers), or one transaction of up to 100 (DynamoDB Local commits each
+request to disk once: `ledger serve` uses this; on AWS it would cost two write units
+per item).
 
 Events recorded in another region (and credit legs recorded outside the account's
 home) are added to the account's `available` by its home region, in the same
@@ -82,11 +82,12 @@ _FIXED_ATTRIBUTES = {
 _NUMBER_ATTRIBUTES = ("balance", "credits", "debits", "event_count", "version", "elsewhere")
 _NAMES = {f"#{name}": name for name in (*_NUMBER_ATTRIBUTES, "currency", "floor", "recent")}
 _PLAN_ATTEMPTS = 20
-# BatchExecuteStatement takes at most 25 statements (distinct items), TransactWriteItems 100 items.
-STATEMENTS_PER_REQUEST = 25
+# TransactWriteItems takes at most 100 items.
 ITEMS_PER_TRANSACTION = 100
+# Writing one PutItem per account, a worker takes at most this many accounts of a batch at a time.
+ACCOUNTS_PER_WORKER = 25
 # How the conditional writes of several accounts travel (see `BalanceStore`).
-Writes = Literal["statements", "transactions", "items"]
+Writes = Literal["transactions", "items"]
 _CACHED_ACCOUNTS = 10_000
 _KNOWN_IDS = 200_000
 
@@ -250,7 +251,7 @@ class BalanceStore:
         accounts_table: str | None = None,
         region: str | None = None,
         window: int | None = None,
-        writes: Writes = "statements",
+        writes: Writes = "items",
     ) -> None:
         self._client = client
         self._tables = tables
@@ -258,11 +259,10 @@ class BalanceStore:
         self._accounts_table = accounts_table  # where a home region settles credits recorded elsewhere
         self._region = region
         self._window = window  # at most this many ids in `recent` (None: as many as fit in 1 KB)
-        # How several accounts' writes travel together. "statements": one BatchExecuteStatement
-        # (each statement its own conditional write: one write unit each on AWS); "transactions":
-        # one TransactWriteItems (DynamoDB Local commits each request to disk once, where 25
-        # separate writes wait for 25 commits; on AWS it would cost two write units per item);
-        # "items": one PutItem each. A backend without PartiQL writes (moto) falls back to items.
+        # How several accounts' writes travel. "items": one conditional PutItem each (one write
+        # unit each on AWS); "transactions": one TransactWriteItems of up to 100 (DynamoDB Local
+        # commits each request to disk once, where 100 separate writes wait for 100 commits; on
+        # AWS it would cost two write units per item).
         self._writes = writes
         self._lock = threading.Lock()
         # The balance items as this process last wrote or read them, least recently used first.
@@ -281,8 +281,8 @@ class BalanceStore:
         """Apply groups of events, each of ONE account (distinct ids, one group per account), exactly once.
 
         One write per account: the items this process does not know are read in one
-        request, then written `STATEMENTS_PER_REQUEST` to a request (one PutItem each where
-        the backend has no PartiQL); an account whose write was refused (its item moved
+        request, then written one PutItem each, or `ITEMS_PER_TRANSACTION` to a transaction
+        ("transactions"); an account whose write was refused (its item moved
         meanwhile) is planned again from the item as it is now. An event whose credit its
         home settles fails alone (`AccountNotHereYet`, retried later) while the account
         item has not reached this region; the others apply.
@@ -338,8 +338,8 @@ class BalanceStore:
 
     @property
     def request_size(self) -> int:
-        """How many accounts' writes go in one request at most."""
-        return ITEMS_PER_TRANSACTION if self._writes == "transactions" else STATEMENTS_PER_REQUEST
+        """How many accounts' writes one worker takes at most: a transaction's, or a share of single puts."""
+        return ITEMS_PER_TRANSACTION if self._writes == "transactions" else ACCOUNTS_PER_WORKER
 
     @property
     def spreads(self) -> bool:
@@ -376,6 +376,7 @@ class BalanceStore:
             if item is not None:
                 self._remember(account_id, item)
         return {**known, **found}
+
     def _plan(self, account_id: str, item: dict[str, Any] | None, events: list[Event], outcome: Outcome) -> _Plan:
         """Decide each event from the item (and, below the floor, from the log); compute the item to put."""
         view = _View.of(item) if item is not None else None
@@ -482,14 +483,10 @@ class BalanceStore:
         if len(batched) == 1:
             single.extend(batched)
             batched = []
-        for start in range(0, len(batched), self.request_size):
-            chunk = batched[start : start + self.request_size]
+        for start in range(0, len(batched), ITEMS_PER_TRANSACTION):
+            chunk = batched[start : start + ITEMS_PER_TRANSACTION]
             try:
-                send = self._transact_chunk if self._writes == "transactions" else self._execute
-                results.update(send(chunk, outcomes))
-            except _NoStatements:
-                single.extend(batched[start:])
-                break
+                results.update(self._transact_chunk(chunk, outcomes))
             except (ClientError, BotoCoreError) as exc:  # the request as a whole: written or not, read them again
                 for account_id, _, _ in chunk:
                     self._forget(account_id)
@@ -501,35 +498,6 @@ class BalanceStore:
                 results[account_id] = None
             except Exception as exc:  # noqa: BLE001 - sorted by the caller
                 results[account_id] = exc
-        return results
-
-    def _execute(self, chunk: list[tuple[str, dict[str, Any] | None, _Plan]], outcomes: dict[str, Outcome]) -> dict[str, Exception | None]:
-        """One BatchExecuteStatement of conditional writes, one item each (not a transaction: one write unit each)."""
-        statements = [_statement(self._tables.balances, before, plan.item) for _, before, plan in chunk]  # type: ignore[arg-type]
-        for account_id, _, _ in chunk:
-            outcomes[account_id].writes += 1
-        try:
-            response = self._client.batch_execute_statement(Statements=statements)
-        except (ClientError, BotoCoreError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - a backend without PartiQL writes (moto): one write per item from now on
-            self._writes = "items"
-            raise _NoStatements() from exc
-        results: dict[str, Exception | None] = {}
-        for (account_id, _, plan), answer in zip(chunk, response["Responses"]):
-            error = answer.get("Error")
-            if error is None:
-                self._remember(account_id, plan.item)
-                results[account_id] = None
-            elif error.get("Code") == "ConditionalCheckFailed":
-                self._remember(account_id, error.get("Item"))  # the item as it is now, to plan from
-                results[account_id] = _Stale()
-            elif error.get("Code") == "DuplicateItem":  # inserted meanwhile: read it, plan again
-                self._forget(account_id)
-                results[account_id] = _Stale()
-            else:  # throttled, a conflict, an internal error: written or not, the retry reads the item first
-                self._forget(account_id)
-                results[account_id] = ClientError({"Error": {"Code": error.get("Code"), "Message": error.get("Message", "")}}, "BatchExecuteStatement")
         return results
 
     def _transact_chunk(self, chunk: list[tuple[str, dict[str, Any] | None, _Plan]], outcomes: dict[str, Outcome]) -> dict[str, Exception | None]:
@@ -802,31 +770,6 @@ class BalanceStore:
             if "LastEvaluatedKey" not in page:
                 return
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-class _NoStatements(Exception):
-    """The backend cannot run the PartiQL writes (moto's parser): write one item per request."""
-
-
-def _statement(table: str, before: dict[str, Any] | None, item: dict[str, Any]) -> dict[str, Any]:
-    """A PartiQL write that makes the balance item exactly `item` if it is still `before` (by version), or absent."""
-    names = [name for name in item if name != "pk"]
-    if before is None:
-        value = ", ".join(f"'{name}': ?" for name in ["pk", *names])
-        return {
-            "Statement": f'INSERT INTO "{table}" VALUE {{{value}}}',
-            "Parameters": [item["pk"], *(item[name] for name in names)],
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
-    removed = [name for name in before if name not in item]
-    text = f'UPDATE "{table}"' + "".join(f' SET "{name}"=?' for name in names) + "".join(f' REMOVE "{name}"' for name in removed)
-    parameters = [item[name] for name in names] + [item["pk"]]
-    if "version" in before:
-        text += ' WHERE "pk"=? AND "version"=?'
-        parameters.append(before["version"])
-    else:
-        text += ' WHERE "pk"=? AND "version" IS MISSING'
-    return {"Statement": text, "Parameters": parameters, "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
 
 
 def _code(exc: ClientError) -> str:

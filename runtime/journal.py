@@ -21,9 +21,6 @@ more); the rest are proven on disk.
 
 Rule for code that writes through a journaled client: every write must be
 idempotent when replayed after later writes (conditional, or a pure overwrite).
-A BatchExecuteStatement (the projector's PartiQL writes, each its own conditional
-write) is journaled with only the statements that succeeded: a statement refused
-then (its condition, a throttle) must not succeed when replayed.
 
 Operators' commands that write (`projections rebuild`, `audit close`) find the
 running `serve` through its data directory and append to the same journal; the
@@ -47,9 +44,8 @@ try:
 except ImportError:  # Windows: one process per journal
     fcntl = None  # type: ignore[assignment]
 
-WRITE_OPERATIONS = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchExecuteStatement")
+WRITE_OPERATIONS = ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems")
 _ALREADY_THERE = {"ConditionalCheckFailedException"}
-_STATEMENT_ALREADY_THERE = {"ConditionalCheckFailed", "DuplicateItem"}
 _CONTEXT_KEY = "ledger_journal_params"
 
 
@@ -109,14 +105,10 @@ class WriteJournal:
     def _remember(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         context[_CONTEXT_KEY] = json.dumps(_encode(params), separators=(",", ":"))
 
-    def _record(self, http_response: Any, model: Any, context: dict[str, Any], parsed: Any = None, **_: Any) -> None:
+    def _record(self, http_response: Any, model: Any, context: dict[str, Any], **_: Any) -> None:
         params = context.get(_CONTEXT_KEY)
         if params is None or http_response is None or http_response.status_code != 200:
             return
-        if model.name == "BatchExecuteStatement":
-            params = _succeeded_statements(params, parsed)
-            if params is None:
-                return
         self.append(f'{{"op":"{model.name}","params":{params}}}\n')
 
     def append(self, line: str) -> None:
@@ -162,22 +154,13 @@ class WriteJournal:
         for operation, params in self.entries():
             params.pop("ClientRequestToken", None)  # the token's memory did not survive the crash either
             try:
-                response = getattr(client, _method_name(operation))(**params)
+                getattr(client, _method_name(operation))(**params)
             except ClientError as exc:
                 if _already_there(exc):
                     report.present += 1
                 else:
                     report.failed.append(f"{operation}: {exc}")
                 continue
-            if operation == "BatchExecuteStatement":
-                codes = [answer.get("Error", {}).get("Code") for answer in response.get("Responses", [])]
-                failed = [code for code in codes if code and code not in _STATEMENT_ALREADY_THERE]
-                if failed:
-                    report.failed.append(f"{operation}: statements failed with {failed}")
-                if all(codes):  # every statement refused: each is there already (or failed, reported)
-                    if not failed:
-                        report.present += 1
-                    continue
             report.reapplied += 1
             kept.append(json.dumps({"op": operation, "params": _encode(params)}, separators=(",", ":")) + "\n")
         self._rewrite(kept)
@@ -195,19 +178,6 @@ class WriteJournal:
             os.fsync(directory)
         finally:
             os.close(directory)
-
-
-def _succeeded_statements(params: str, parsed: Any) -> str | None:
-    """The journal's params for a BatchExecuteStatement: only its statements that succeeded (None: none did)."""
-    answers = (parsed or {}).get("Responses") or []
-    request = json.loads(params)
-    statements = request.get("Statements", [])
-    if len(answers) != len(statements):
-        return params  # not read as expected: keep all of it (each statement is conditional)
-    kept = [statement for statement, answer in zip(statements, answers) if "Error" not in answer]
-    if not kept:
-        return None
-    return json.dumps({**request, "Statements": kept}, separators=(",", ":"))
 
 
 def _already_there(exc: ClientError) -> bool:

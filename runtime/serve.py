@@ -152,7 +152,7 @@ def serve(
         journal: WriteJournal | None = None
         database: DynamoDBLocal | None = None
         crashed = threading.Event()
-        writes: Writes = "statements"  # how the projector's writes travel together (composition.root.Root)
+        writes: Writes = "items"  # how the projector's writes travel (composition.root.Root)
         if settings.endpoint_url or not embedded:
             where = f"DynamoDB at {settings.endpoint_url or 'AWS'}"
         else:
@@ -163,7 +163,7 @@ def serve(
                 return 1
             settings = replace(settings, endpoint_url=endpoint)
             # DynamoDB Local commits each write request to disk: many of the projector's in one transaction.
-            # moto has no PartiQL writes: one by one.
+            # moto: one by one.
             writes = "transactions" if database is not None else "items"
             if database is not None:
                 journal = WriteJournal(data_dir.resolve() / JOURNAL_FILE)

@@ -4,8 +4,9 @@
 events stream back as Lambda delivers it, and delivers it as hostile as Lambda is
 allowed to be (see tests/functional/test_projector_properties.py), through a client
 whose writes crash on a drawn schedule; then every view must be the fold of its log.
-The functional tier runs it on moto (one PutItem per account: moto has no PartiQL
-writes), the integration tier on DynamoDB Local (batches of PartiQL statements).
+The functional tier runs it on moto (one PutItem per account), the integration tier
+on DynamoDB Local (one PutItem per account, and many accounts to a transaction as
+`ledger serve` sends them there).
 """
 
 from __future__ import annotations
@@ -61,11 +62,11 @@ class LambdaDied(BaseException):
     """
 
 
-FATES = ("ok", "fail_before", "fail_after", "throttled", "partly_throttled", "die_before", "die_after")
+FATES = ("ok", "fail_before", "fail_after", "throttled", "die_before", "die_after")
 
 
 class CrashingClient:
-    """Delegates to a real client; each write (put, update, transaction, batch of statements) follows a schedule of fates, then succeeds."""
+    """Delegates to a real client; each write (put, update, transaction) follows a schedule of fates, then succeeds."""
 
     def __init__(self, real: Any, fates: list[str]) -> None:
         self._real = real
@@ -78,9 +79,6 @@ class CrashingClient:
     def batch_get_item(self, **request: Any) -> Any:
         self.reads += 1
         return self._real.batch_get_item(**request)
-
-    def batch_execute_statement(self, **request: Any) -> Any:
-        return self._fated("BatchExecuteStatement", self._real.batch_execute_statement, request)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -101,13 +99,8 @@ class CrashingClient:
         self.seen_fates[fate] += 1
         if fate == "fail_before":
             raise EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")
-        if fate == "throttled" or (fate == "partly_throttled" and operation != "BatchExecuteStatement"):
+        if fate == "throttled":
             raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, operation)
-        if fate == "partly_throttled":  # every other statement of the batch refused, the others written
-            statements = request["Statements"]
-            written = call(**{**request, "Statements": statements[::2]})["Responses"]
-            throttled = {"Error": {"Code": "ThrottlingError", "Message": "Throughput exceeds the current capacity"}}
-            return {"Responses": [written[i // 2] if i % 2 == 0 else throttled for i in range(len(statements))]}
         if fate == "die_before":
             raise LambdaDied("killed before the write was sent")
         response = call(**request)
@@ -187,7 +180,7 @@ def record(ledger: Ledger, count: int, operations: list[tuple]) -> tuple[list[st
 
 
 def hostile_delivery(
-    client: Any, streams: Any, settings: Settings, scenario: tuple[int, list[tuple]], data: st.DataObject, writes: str = "statements"
+    client: Any, streams: Any, settings: Settings, scenario: tuple[int, list[tuple]], data: st.DataObject, writes: str = "items"
 ) -> None:
     """Record `scenario` on fresh tables of `settings`, deliver its stream as drawn from `data`, check every view.
 

@@ -9,8 +9,7 @@ duplicated and reordered within and across batches, whole batches replayed, stra
 batches of records already seen mixed with new ones (a replay from an older
 checkpoint, another region's copy), and a
 balance store whose DynamoDB client fails around each of its writes (`PutItem`,
-`TransactWriteItems`, `BatchExecuteStatement`): before the write is sent (nothing written),
-throttled (a batch of statements partly),
+`TransactWriteItems`): before the write is sent (nothing written), throttled,
 after it committed (written, but the caller sees an error), or by killing the
 "Lambda" outright before or after the commit (the handler raises, the whole batch
 comes again). The view's window of recent ids is drawn too, down to one id, so
@@ -116,7 +115,7 @@ def test_a_process_that_knows_no_view_reads_those_of_a_batch_in_one_request_then
     BalanceStore(moto_dynamodb, tables).apply(events[2:4])  # another process applied two of dora's
     client = CrashingClient(moto_dynamodb, [])
 
-    report = Projector(BalanceStore(client, tables, writes="items"), workers=1).project(events)  # a new process; moto: PutItems
+    report = Projector(BalanceStore(client, tables), workers=1).project(events)  # a new process
 
     assert report.applied == {key_of(e) for e in events} - {key_of(e) for e in events[2:4]}
     assert report.duplicates == {key_of(e) for e in events[2:4]}

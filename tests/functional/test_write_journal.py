@@ -124,23 +124,3 @@ def test_a_write_the_journal_cannot_hold_is_not_acknowledged(journaled, tmp_path
 
     assert (response.status, response.code) == (503, "store_unavailable")  # a retry with the key replays it
 
-
-def test_a_batch_of_statements_is_journaled_with_only_those_that_were_written(tmp_path: Path):
-    """A statement throttled (not run) must not run when the journal is replayed after later writes."""
-    from botocore.stub import Stubber
-
-    journal = WriteJournal(tmp_path / "write-journal.jsonl")
-    client = journal.attach(dynamodb_client(Settings(region="us-east-1", endpoint_url="http://127.0.0.1:9")))
-    statements = [
-        {"Statement": 'UPDATE "tab" SET "v"=? WHERE "pk"=? AND "version"=?', "Parameters": [{"N": "1"}, {"S": key}, {"N": "0"}]}
-        for key in ("a", "b", "c")
-    ]
-    throttled = {"Error": {"Code": "ThrottlingError", "Message": "Throughput exceeds the current capacity"}}
-    refused = {"Error": {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed"}}
-    with Stubber(client) as stub:
-        stub.add_response("batch_execute_statement", {"Responses": [{"TableName": "tab"}, throttled, refused]}, {"Statements": statements})
-        stub.add_response("batch_execute_statement", {"Responses": [throttled, refused, refused]}, {"Statements": statements})
-        client.batch_execute_statement(Statements=statements)
-        client.batch_execute_statement(Statements=statements)  # nothing written: nothing journaled
-
-    assert [(operation, params["Statements"]) for operation, params in journal.entries()] == [("BatchExecuteStatement", statements[:1])]

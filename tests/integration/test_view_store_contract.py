@@ -1,12 +1,12 @@
-"""The view store's contract, on every backend: moto in-process (one PutItem per account) and DynamoDB
-Local (the accounts of a batch in PartiQL statement batches, as on AWS).
+"""The view store's contract, on every backend: moto in-process and DynamoDB Local with one PutItem
+per account (as on AWS), and DynamoDB Local with many accounts to a transaction (as `ledger serve`
+writes there).
 
 Whatever the backend, every view is the fold of its log after any hostile delivery
 and any crash around the writes, and a balance item stays within one write unit.
-On DynamoDB Local: the writes of a batch go 25 accounts to a request; a statement
-refused in a batch (its item moved meanwhile, or throttled) is planned again or
-reported, never lost nor counted twice; and the write journal keeps exactly the
-statements that were written.
+On DynamoDB Local: a batch's accounts are written one PutItem each or 100 to a
+transaction; a write refused (its item moved meanwhile, or throttled) is planned
+again or reported, never lost nor counted twice.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
@@ -33,7 +32,6 @@ from ledger.config import Settings, dynamodb_client
 from ledger.service import Caller
 from projections.balances import BalanceChange
 from projections.projector import Projector, key_of
-from runtime.journal import WriteJournal
 from runtime.tables import all_definitions, ensure_tables
 
 REGION = "us-east-1"
@@ -47,12 +45,12 @@ def metrics_off() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module", params=["moto", "dynamodb-local", "dynamodb-local-transactions"])
+@pytest.fixture(scope="module", params=["moto", "dynamodb-local-items", "dynamodb-local-transactions"])
 def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any, Any, str | None]]:
     """(name, DynamoDB client, streams client, endpoint) of one backend, for the whole module.
 
-    `dynamodb-local-transactions`: DynamoDB Local with the projector's writes sent as `ledger serve`
-    sends them there, many accounts to a transaction.
+    `dynamodb-local-items`: DynamoDB Local with the projector's writes one PutItem per account, as on
+    AWS; `dynamodb-local-transactions`: as `ledger serve` sends them there, many accounts to a transaction.
     """
     if request.param == "moto":
         with pytest.MonkeyPatch.context() as patch:
@@ -71,7 +69,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any, Any, str
 
 
 def writes_of(backend: tuple[str, Any, Any, str | None]) -> str:
-    return "transactions" if backend[0].endswith("-transactions") else "statements"
+    return "transactions" if backend[0].endswith("-transactions") else "items"
 
 
 class Stage:
@@ -98,11 +96,10 @@ def test_every_balance_is_the_fold_of_its_log_whatever_the_delivery_and_the_cras
         hostile_delivery(client, streams, stage.settings, scenario, data, writes=writes_of(backend))
 
 
-# -- DynamoDB Local: statements -----------------------------------------------------------------------
+# -- DynamoDB Local: how the writes of a batch travel ----------------------------------------------------
 
 
-# moto's PartiQL parser takes none of these statements: there the store writes one item per request.
-local_only = pytest.mark.parametrize("backend", ["dynamodb-local"], indirect=True)
+local_only = pytest.mark.parametrize("backend", ["dynamodb-local-items"], indirect=True)
 
 
 @pytest.fixture
@@ -112,12 +109,12 @@ def local(backend) -> tuple[Any, str]:
 
 
 class Counting:
-    """Passes calls through, counting them by operation; `refuse` answers some statements of a batch as throttled."""
+    """Passes calls through, counting them by operation; `refuse` answers the puts of some balance items as throttled."""
 
     def __init__(self, real: Any) -> None:
         self._real = real
         self.calls: Counter[str] = Counter()
-        self.refuse: set[str] = set()  # balance keys whose statements are throttled (not run)
+        self.refuse: set[str] = set()  # balance keys whose puts are throttled (not run)
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._real, name)
@@ -126,19 +123,11 @@ class Counting:
 
         def counted(**request: Any) -> Any:
             self.calls[name] += 1
-            if name == "batch_execute_statement" and self.refuse:
-                return self._partly(request)
+            if name == "put_item" and request["Item"]["pk"]["S"] in self.refuse:
+                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}, "PutItem")
             return attribute(**request)
 
         return counted
-
-    def _partly(self, request: dict[str, Any]) -> dict[str, Any]:
-        statements = request["Statements"]
-        refused = [any(p.get("S") in self.refuse for p in s["Parameters"]) for s in statements]
-        run = [s for s, no in zip(statements, refused) if not no]
-        answers = iter(self._real.batch_execute_statement(**{**request, "Statements": run})["Responses"] if run else [])
-        throttled = {"Error": {"Code": "ThrottlingError", "Message": "Throughput exceeds the current capacity"}}
-        return {"Responses": [throttled if no else next(answers) for no in refused]}
 
 
 def _open_and_credit(ledger: Any, accounts: list[str], credits: int) -> None:
@@ -149,11 +138,11 @@ def _open_and_credit(ledger: Any, accounts: list[str], credits: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("backend", "requests"),
-    [("dynamodb-local", {"batch_execute_statement": 3}), ("dynamodb-local-transactions", {"transact_write_items": 1})],
+    ("backend", "requests", "reads"),
+    [("dynamodb-local-items", {"put_item": 60}, 3), ("dynamodb-local-transactions", {"transact_write_items": 1}, 1)],
     indirect=["backend"],
 )
-def test_the_accounts_of_a_batch_are_written_25_statements_or_100_transaction_items_to_a_request(backend, requests):
+def test_the_accounts_of_a_batch_are_written_one_put_each_or_100_to_a_transaction(backend, requests, reads):
     _, client, _, endpoint = backend
     with Stage(client, endpoint) as stage:
         ledger = Root(stage.settings, client=client).ledger
@@ -166,17 +155,17 @@ def test_the_accounts_of_a_batch_are_written_25_statements_or_100_transaction_it
         report = Projector(store, workers=1).project(events)
 
         assert report.failed == {} and report.applied == {key_of(e) for e in events}
-        writes = {name: n for name, n in counting.calls.items() if name in ("batch_execute_statement", "transact_write_items", "put_item")}
+        writes = {name: n for name, n in counting.calls.items() if name in ("transact_write_items", "put_item")}
         assert writes == requests
-        assert counting.calls["batch_get_item"] == sum(requests.values())  # the items this process did not know, once
+        assert counting.calls["batch_get_item"] == reads  # the items this process did not know, once per worker's share
         views = Root(stage.settings, client=client).balance_store
         for account in accounts:
             assert views.get(account, consistent=True).matches(BalanceChange.of(ledger.full_history(account)))
 
 
-@pytest.mark.parametrize("backend", ["dynamodb-local", "dynamodb-local-transactions"], indirect=True)
+@pytest.mark.parametrize("backend", ["dynamodb-local-items", "dynamodb-local-transactions"], indirect=True)
 def test_a_write_refused_because_its_item_moved_is_planned_again_from_the_item_it_hands_back(backend):
-    """In a batch of statements only that statement is refused; in a transaction all are, and the others go again."""
+    """One put each: only that put is refused; in a transaction all are, and the others go again."""
     _, client, _, endpoint = backend
     with Stage(client, endpoint) as stage:
         ledger = Root(stage.settings, client=client).ledger
@@ -196,7 +185,7 @@ def test_a_write_refused_because_its_item_moved_is_planned_again_from_the_item_i
 
 
 @local_only
-def test_statements_throttled_in_a_batch_are_reported_and_their_redelivery_counts_once(local):
+def test_puts_throttled_in_a_batch_are_reported_and_their_redelivery_counts_once(local):
     client, endpoint = local
     with Stage(client, endpoint) as stage:
         ledger = Root(stage.settings, client=client).ledger
@@ -205,7 +194,7 @@ def test_statements_throttled_in_a_batch_are_reported_and_their_redelivery_count
         events = [e for a in accounts for e in ledger.full_history(a)]
         counting = Counting(client)
         counting.refuse = {"balance#t", "balance#v"}
-        projector = Projector(Root(stage.settings, client=counting).balance_store, workers=1)  # one request
+        projector = Projector(Root(stage.settings, client=counting).balance_store, workers=1)
 
         report = projector.project(events)
 
@@ -239,38 +228,9 @@ def test_a_full_balance_item_of_a_64_character_account_costs_one_write_unit(loca
         assert put["ConsumedCapacity"]["CapacityUnits"] == 1.0
 
 
-@local_only
-def test_the_journal_keeps_only_the_statements_that_were_written(local, tmp_path: Path):
-    client, endpoint = local
-    with Stage(client, endpoint) as stage:
-        ledger = Root(stage.settings, client=client).ledger
-        accounts = ["w", "x", "z"]
-        _open_and_credit(ledger, accounts, 1)
-        events = [e for a in accounts for e in ledger.full_history(a)]
-        journal = WriteJournal(tmp_path / "write-journal.jsonl")
-        journaled = journal.attach(dynamodb_client(replace(stage.settings)))
-        counting = Counting(journaled)
-        counting.refuse = {"balance#x"}  # throttled: not written, so not journaled
-        Projector(Root(stage.settings, client=counting).balance_store, workers=1).project(events)  # one request
-
-        [(operation, params)] = journal.entries()
-        assert operation == "BatchExecuteStatement" and len(params["Statements"]) == 2
-        table = f"{stage.settings.stage}-ledger-balances"
-        written = {a: client.get_item(TableName=table, Key={"pk": {"S": f"balance#{a}"}}).get("Item") for a in accounts}
-        assert written["x"] is None
-        for account in ("w", "z"):  # DynamoDB Local loses them: the replay brings back exactly these
-            client.delete_item(TableName=table, Key={"pk": {"S": f"balance#{account}"}})
-
-        report = journal.replay(client)
-
-        assert (report.reapplied, report.failed) == (1, [])
-        for account in accounts:
-            assert client.get_item(TableName=table, Key={"pk": {"S": f"balance#{account}"}}).get("Item") == written[account]
-        assert journal.replay(client).present == 1  # once back, replaying it again changes nothing
-
-
+@pytest.mark.parametrize("backend", ["moto", "dynamodb-local-items"], indirect=True)
 def test_the_event_source_may_run_the_handler_with_the_default_root_on_either_backend(backend):
-    """The composition root's store picks its way of writing by itself: statements, else one item per request."""
+    """The composition root's default way of writing (one PutItem per account, as on AWS) runs on either backend."""
     _, client, streams, endpoint = backend
     with Stage(client, endpoint) as stage:
         ledger = Root(stage.settings, client=client).ledger
