@@ -25,7 +25,6 @@ from .batches import combined_guards
 from .commands import (
     BatchRequest,
     CreditOperation,
-    DebitOperation,
     MovementRequest,
     OpenAccountRequest,
     ReversalRequest,
