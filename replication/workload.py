@@ -22,7 +22,7 @@ from failover.lease import IN_FLIGHT_SECONDS, wait_seconds
 from failover.move import Move
 from failover.reconcile import find, repair
 from ledger import errors
-from ledger.commands import MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest
+from ledger.commands import BatchRequest, MovementRequest, OpenAccountRequest, ReversalRequest, TransferRequest
 from ledger.service import Caller
 
 from .simulation import World, without_stamps
@@ -40,6 +40,7 @@ class Model:
     refused: Counter = field(default_factory=Counter)
     moved: list[tuple[str, str, str, str]] = field(default_factory=list)  # (account, from, to, planned|forced)
     duplicates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # key -> every body it was acked with
+    batches: bool = False  # whether clients also send atomic batches
 
     def forced(self) -> bool:
         return any(how == "forced" for *_, how in self.moved)
@@ -55,12 +56,17 @@ def _call(ledger: Any, kind: str, caller: Caller, request: Any) -> Any:
         return ledger.debit(caller, request[0], request[1])
     if kind == "transfer":
         return ledger.transfer(caller, request)
+    if kind == "batch":
+        return ledger.batch(caller, request)
     return ledger.reverse(caller, request[0], request[1])
 
 
 def _home_of(model: Model, kind: str, request: Any) -> str:
     if kind == "transfer":
         return model.accounts[request.from_account][0]
+    if kind == "batch":
+        first = request.operations[0]
+        return model.accounts[getattr(first, "account_id", None) or first.from_account][0]
     if kind == "reversal":
         return ""  # decided by its legs; any region may be tried
     return model.accounts[request[0]][0]
@@ -83,9 +89,14 @@ def _write(world: World, model: Model, rng: random.Random, n: int) -> None:
         key, kind, request = rng.choice(model.sent)
     else:
         key = f"w{n}"
-        kind = rng.choices(["credit", "debit", "transfer", "reversal"], [3, 3, 4, 1])[0]
+        kinds, weights = ["credit", "debit", "transfer", "reversal"], [3, 3, 4, 1]
+        if model.batches:  # only then: a schedule without batches draws exactly what it drew before they existed
+            kinds, weights = [*kinds, "batch"], [*weights, 3]
+        kind = rng.choices(kinds, weights)[0]
         amount = rng.choice([1, 5, 20, 100])
-        if kind in ("credit", "debit"):
+        if kind == "batch":
+            request = _atomic_batch(model, rng)
+        elif kind in ("credit", "debit"):
             request = (rng.choice(names), MovementRequest(amount=amount, currency="EUR"))
         elif kind == "transfer":
             source, target = rng.sample(names, 2)
@@ -112,11 +123,33 @@ def _write(world: World, model: Model, rng: random.Random, n: int) -> None:
     model.acked[key] = body
 
 
-def run_schedule(world: World, steps: int, failovers: Failovers = None) -> Model:
+def _atomic_batch(model: Model, rng: random.Random) -> BatchRequest:
+    """2 to 6 operations on accounts of one home (its credits and debits are written there), transfers to anyone."""
+    home = rng.choice(sorted({where for where, _ in model.accounts.values()}))
+    local = [account for account, (where, _) in model.accounts.items() if where == home]
+    operations: list[dict[str, Any]] = []
+    for _ in range(rng.randint(2, 6)):
+        kind = rng.choices(["credit", "debit", "transfer"], [3, 1, 2])[0]
+        account, amount = rng.choice(local), rng.choice([1, 5, 20, 100])
+        if kind == "transfer":
+            target = rng.choice([a for a in model.accounts if a != account])
+            operations.append({"type": kind, "from_account": account, "to_account": target, "amount": amount, "currency": "EUR"})
+        else:
+            operations.append({"type": kind, "account_id": account, "amount": amount, "currency": "EUR"})
+    return BatchRequest.model_validate({"mode": "atomic", "operations": operations})
+
+
+def _legs_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events an acknowledged answer names: a transaction's, or every operation's of a batch."""
+    return [event for result in body.get("results", [body]) for event in result.get("events", [])]
+
+
+def run_schedule(world: World, steps: int, failovers: Failovers = None, batches: bool = False) -> Model:
     """Random steps; with `failovers`, planned and forced moves of homes too ("lease": forced moves wait out
-    the old home's lease; "override": they do not), heartbeats, and time passing in whole seconds."""
+    the old home's lease; "override": they do not), heartbeats, and time passing in whole seconds; with
+    `batches`, atomic batches among the writes."""
     rng = world.rng
-    model = Model()
+    model = Model(batches=batches)
     if failovers:
         world.hold_leases()
     open_accounts(world, model)
@@ -277,14 +310,14 @@ def check_converged(world: World, model: Model, *, split: bool = False) -> None:
     # Nothing acknowledged is lost.
     present = {(e.entity_id, e.event_id) for events in log.values() for e in events}
     for key, body in model.acked.items():
-        for event in body.get("events", []):
+        for event in _legs_of(body):
             assert (event["entity_id"], event["event_id"]) in present, f"seed {seed}: acknowledged {key} lost"
-    # Every key recorded at most once (the scope is one caller).
-    transactions: dict[str, set[str]] = defaultdict(set)
+    # Every key (every operation of a batch under its key) recorded at most once (the scope is one caller).
+    transactions: dict[tuple[str, int | None], set[str]] = defaultdict(set)
     for events in log.values():
         for event in events:
             if event.transaction_type not in ("open", "move"):
-                transactions[event.idempotency_key].add(event.transaction_id)
+                transactions[(event.idempotency_key, event.batch_operation)].add(event.transaction_id)
     twice = {key: ids for key, ids in transactions.items() if len(ids) > 1}
     assert not twice or split, f"seed {seed}: keys recorded twice: {twice}"
     for name in world.names:
