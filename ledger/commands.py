@@ -137,7 +137,7 @@ class BatchRequest(_Request):
     recorded or refused on its own, in order.
     """
 
-    mode: Literal["atomic", "independent"]
+    mode: Literal["atomic", "independent"] = "atomic"  # all or none unless asked otherwise
     operations: Annotated[list[BatchOperation], Field(min_length=1, max_length=MAX_BATCH_OPERATIONS)]
 
 

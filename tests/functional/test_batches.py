@@ -214,13 +214,12 @@ def test_an_independent_operation_s_key_is_not_a_single_write_s(api, accounts, l
         {"mode": "atomic", "operations": []},
         {"mode": "atomic", "operations": [credit("hot", 1)] * 101},
         {"mode": "sometimes", "operations": [credit("hot", 1)]},
-        {"operations": [credit("hot", 1)]},
         {"mode": "atomic", "operations": [{"type": "refund", "account_id": "hot", "amount": 1, "currency": "EUR"}]},
         {"mode": "atomic", "operations": [{**credit("hot", 1), "from_account": "bob"}]},
         {"mode": "atomic", "operations": [credit("hot", 0)]},
         {"mode": "atomic", "operations": [credit("hot", 1)], "extra": True},
     ],
-    ids=["empty", "101 operations", "unknown mode", "no mode", "unknown type", "unknown field", "zero amount", "unknown member"],
+    ids=["empty", "101 operations", "unknown mode", "unknown type", "unknown field", "zero amount", "unknown member"],
 )
 def test_a_malformed_batch_is_refused_with_422_and_writes_nothing(api, accounts, table_snapshot, body):
     before = table_snapshot()
@@ -266,3 +265,14 @@ def test_a_batch_s_operations_under_one_key_are_not_duplicates_to_reconcile(api,
     assert api.post("/batches", {"mode": "independent", "operations": operations}, key="each-many").status == 200
 
     assert find(root) == []
+
+
+def test_a_batch_without_a_mode_is_atomic(api, accounts, table_snapshot):
+    before = table_snapshot()
+
+    refused = api.post("/batches", {"operations": [credit("bob", 1), debit("hot", 1)]}, key="no-mode")
+
+    assert (refused.status, refused.code) == (422, "insufficient_funds")
+    assert table_snapshot() == before
+    recorded = api.post("/batches", {"operations": [credit("bob", 1)]}, key="no-mode-2")
+    assert (recorded.status, recorded.json["mode"]) == (201, "atomic")
