@@ -1,7 +1,7 @@
 """What a write answers, rendered from the events it recorded.
 
 A write's answer is a function of its events alone, so the idempotency record
-need not hold a copy of it: it names the events (`RecordedWrite.event_keys`), and a
+need not hold a copy of it: it names the events (their keys), and a
 replay reads them back and renders the same bytes. The first answer is rendered
 here too, from the events as drafted, so both are one function of one input.
 """

@@ -66,7 +66,7 @@ class IdempotencyRecord:
 
     idempotency_id: str
     request_hash: str
-    view: str  # how the answer is rendered from the events: "account" or "transaction"
+    view: str  # how the answer is rendered from the events (`ledger.responses.View`): account, transaction or batch
     event_keys: tuple[tuple[str, str], ...]  # (entity_id, event_id) of each event, in the answer's order
     resource: str  # where the recorded thing is read: /accounts/<id> or /transactions/<id>
     recorded_at: str
