@@ -24,7 +24,9 @@
    until the balance counts it. Printed: the write rate, lag p50/p99/max over the
    run and per third of it (flat means the projector keeps up).
 
-Everything shares the machine's cores: this process, `ledger serve` and DynamoDB Local.
+Everything shares the machine's cores: this process, `ledger serve` and DynamoDB Local. Parts 2 and 3
+also print how many cores other processes used meanwhile (from /proc): on a shared machine their times
+mean little without it.
 
     .venv/bin/python bench/projection.py                      # about 10 minutes
     .venv/bin/python bench/projection.py --events 300 --drain-events 600 --lag-seconds 10   # a smoke run
@@ -70,6 +72,58 @@ CURRENCY = "EUR"
 BATCH = 100
 RECORDING_THREADS = 8
 WRITE_PATH_WCU = 8  # a credit's own write: idempotency record, event and guard in a transaction, index entries (bench/write_path.py)
+
+
+# -- what else the machine does ----------------------------------------------------------------
+
+
+class OtherCpu:
+    """CPU the machine spends outside this script and its children, from now on (Linux's /proc; None elsewhere)."""
+
+    def __init__(self) -> None:
+        self._wall = time.monotonic()
+        self._start = self._sample()
+
+    @staticmethod
+    def _processes() -> dict[int, tuple[int, float]]:
+        """pid -> (parent pid, CPU seconds so far)."""
+        found: dict[int, tuple[int, float]] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                found[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+        return found
+
+    def _sample(self) -> tuple[float, dict[int, float]] | None:
+        try:
+            jiffies = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+            processes = self._processes()
+        except (OSError, ValueError, AttributeError):
+            return None
+        busy = (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        ours, grew = {os.getpid()}, True
+        while grew:
+            children = {pid for pid, (parent, _) in processes.items() if parent in ours} - ours
+            grew = bool(children)
+            ours |= children
+        return busy, {pid: processes[pid][1] for pid in ours if pid in processes}
+
+    def cores(self) -> float | None:
+        """How many cores' worth of CPU others used on average since this was made."""
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        (busy0, ours0), (busy1, ours1) = self._start, end
+        mine = sum(cpu - ours0.get(pid, 0.0) for pid, cpu in ours1.items())
+        return max(0.0, (busy1 - busy0 - mine) / max(time.monotonic() - self._wall, 1e-9))
+
+
+def other_load(cores: float | None) -> str:
+    return "other processes: not measured" if cores is None else f"other processes used {cores:.2f} of {os.cpu_count()} cores"
 
 
 # -- 1. write units ---------------------------------------------------------------------------
@@ -258,6 +312,7 @@ def drain_rate(mix: tuple[str, int], writes: int, rng: random.Random) -> dict[st
             served.stop()
         served = Served(data, port)
         started = time.perf_counter()
+        other = OtherCpu()
         try:
             reader = dynamodb_client(Settings(endpoint_url=served.dynamodb))
             balances = "dev-ledger-balances"
@@ -267,9 +322,10 @@ def drain_rate(mix: tuple[str, int], writes: int, rng: random.Random) -> dict[st
                     raise RuntimeError("the projector did not catch up within 900 s")
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started
+            load = other.cores()
         finally:
             served.stop()
-    return {"records": records, "seconds": elapsed}
+    return {"records": records, "seconds": elapsed, "others": load}
 
 
 def _scan_keys(client: Any, table: str) -> Any:
@@ -286,7 +342,10 @@ def print_drain(results: list[tuple[str, dict[str, Any]]]) -> None:
     print("\n2. Throughput with no writers: `ledger serve` (DynamoDB Local on disk, journal) started on a stream it has")
     print("   not projected, from its ready line until the newest event is projected")
     for label, result in results:
-        print(f"   {label:>15}: {result['records']} events in {result['seconds']:.1f} s = {result['records'] / result['seconds']:.0f} events/s")
+        print(
+            f"   {label:>15}: {result['records']} events in {result['seconds']:.1f} s = {result['records'] / result['seconds']:.0f} events/s"
+            f" ({other_load(result['others'])})"
+        )
 
 
 # -- 3. lag under load -------------------------------------------------------------------------
@@ -462,16 +521,19 @@ def _drive(served: Served, seconds: float, clients: int, accounts: int, rate: fl
         target=_writers, args=(served.api, served.token, names, probes, seconds, rate, notices), daemon=True
     )
     started = time.perf_counter()
+    other = OtherCpu()
     writers.start()
     pending: dict[str, list[tuple[int, float]]] = {p: [] for p in probes}  # probe -> (its count then, answered at)
     lags: list[tuple[float, float]] = []  # (answered at, from the start; lag)
     statuses: dict[int, int] | None = None
+    load: float | None = None
     stopped_at = float("inf")
     while True:  # the watcher: nothing else runs in this process meanwhile
         while not notices.empty():
             notice = notices.get()
             if notice[0] == "done":
                 statuses, stopped_at = notice[1], notice[2]
+                load = other.cores()
             else:
                 probe, count, answered = notice
                 pending[probe].append((count, answered))
@@ -490,7 +552,7 @@ def _drive(served: Served, seconds: float, clients: int, accounts: int, rate: fl
         time.sleep(0.02)
     writers.join(timeout=30)
     left = sum(len(items) for items in pending.values())
-    return {"statuses": Counter(statuses), "seconds": stopped_at - started, "lags": lags, "left": left, "run": seconds}
+    return {"statuses": Counter(statuses), "seconds": stopped_at - started, "lags": lags, "left": left, "run": seconds, "others": load}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -507,6 +569,7 @@ def print_lag(result: dict[str, Any], clients: int, accounts: int, rate: float) 
     )
     print(f"   writes answered 201: {ok} in {result['seconds']:.1f} s = {ok / result['seconds']:.0f} writes/s" + (f"; other answers {others}" if others else ""))
     print("   (the clients: one process, one event loop, a keep-alive connection each; the watcher: this process, alone)")
+    print(f"   while writing, {other_load(result['others'])}")
     lags = [lag for _, lag in result["lags"]]
     if not lags:
         print("   no probe write was seen projected")
