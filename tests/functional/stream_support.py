@@ -11,6 +11,7 @@ import boto3
 from composition.root import Root
 from api_client import TEST_TOKEN_KEY
 from ledger.config import Settings
+from projection_faults import sequence_of, stream_records  # noqa: F401 - the stream's records, as Lambda delivers them
 from runtime.tables import all_definitions, ensure_tables
 
 REGION = "us-east-1"
@@ -30,32 +31,6 @@ class Stage:
     def __exit__(self, *exc_info: object) -> None:
         for definition in all_definitions(self.settings)[0]:
             self.client.delete_table(TableName=definition["TableName"])
-
-
-def stream_records(client: Any, streams: Any, settings: Settings) -> list[dict[str, Any]]:
-    """Every record of the events table's stream, from the trim horizon, shaped as Lambda delivers them."""
-    arn = client.describe_table(TableName=settings.tables.events)["Table"]["LatestStreamArn"]
-    records: list[dict[str, Any]] = []
-    for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
-        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")[
-            "ShardIterator"
-        ]
-        while iterator:
-            page = streams.get_records(ShardIterator=iterator, Limit=1000)
-            records.extend(page["Records"])
-            if not page["Records"]:
-                break
-            iterator = page.get("NextShardIterator")
-    for record in records:
-        record["eventSourceARN"] = arn
-        created = record["dynamodb"].get("ApproximateCreationDateTime")
-        if isinstance(created, datetime):  # boto3 parses it; Lambda hands over epoch seconds
-            record["dynamodb"]["ApproximateCreationDateTime"] = created.timestamp()
-    return records
-
-
-def sequence_of(record: dict[str, Any]) -> str:
-    return record["dynamodb"]["SequenceNumber"]
 
 
 def project_everything(stage: Stage, client: Any) -> None:
