@@ -59,6 +59,10 @@ _LAUNCHER_CLASS = "LoopbackDynamoDBLocal"
 _LAUNCHER_SOURCE = _LAUNCHER_CLASS + ".java"
 _PR_SET_PDEATHSIG = 1
 _TAIL_BYTES = 4000
+# The JIT's quick tier only: DynamoDB Local spends its first minutes compiling, and on a
+# small machine the optimising tier's compile threads take the CPU its requests need
+# (bench/projection.py, part 2: the projector drains faster with it).
+_JVM_OPTIONS = ("-XX:TieredStopAtLevel=1",)
 
 
 class EmbeddedDynamoDBError(RuntimeError):
@@ -396,7 +400,7 @@ class DynamoDBLocal:
         install_dir = Path(self.install_dir) if self.install_dir is not None else default_install_dir()
         launcher = _prepare_launcher(java, install_dir.resolve(), lib_dir)
         if launcher is not None:
-            return [launcher[0], library_path, *launcher[1:]]
+            return [launcher[0], *_JVM_OPTIONS, library_path, *launcher[1:]]
         if not self.allow_exposed:
             raise EmbeddedDynamoDBError(
                 "DynamoDB Local has no bind-address option: started as a plain jar it would "
@@ -413,7 +417,7 @@ class DynamoDBLocal:
             file=sys.stderr,
             flush=True,
         )
-        return [java, library_path, "-jar", str(lib_dir / "DynamoDBLocal.jar")]
+        return [java, *_JVM_OPTIONS, library_path, "-jar", str(lib_dir / "DynamoDBLocal.jar")]
 
     def _spawn(self, java_command: list[str]) -> None:
         if self.data_dir is not None:

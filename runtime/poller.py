@@ -99,6 +99,14 @@ class PollerConfig:
             raise ValueError("max_attempts must be at least 1")
 
 
+# What `ledger serve` (one region or several) polls with. Locally a record that fails is
+# most likely DynamoDB Local being slow or restarting: be patient before dead-lettering it.
+# Batches of up to 1,000 (GetRecords' most): DynamoDB Local's CPU is the projector's
+# limit, and a tenth of the GetRecords calls and fewer balance writes per event (an
+# account's events of a batch are one write) let it drain faster (bench/projection.py, part 2).
+LOCAL_POLLER = PollerConfig(batch_size=_MAX_GET_RECORDS_LIMIT, max_attempts=10, backoff_cap_seconds=5.0)
+
+
 class LocalLambdaContext:
     """Enough of Lambda's context object for handlers and Powertools decorators."""
 

@@ -44,7 +44,7 @@ from . import discovery, status
 from .dynamodb_local import DynamoDBLocal
 from .http_server import create_server
 from .journal import WriteJournal
-from .poller import PollerConfig, StreamPoller, stream_arn_of
+from .poller import LOCAL_POLLER, StreamPoller, stream_arn_of
 from .region_join import Joiner, read_added
 from .tables import ensure_tables
 from .tokens import operator_token, with_local_key
@@ -53,7 +53,6 @@ REPLICATION_DIR = "replication"
 CONTROL_FILE = "control.json"
 STATUS_FILE = "status.json"
 JOURNAL_FILE = "write-journal.jsonl"
-_LOCAL_POLLER = PollerConfig(max_attempts=10, backoff_cap_seconds=5.0)
 
 
 @dataclass
@@ -279,7 +278,7 @@ def _start_projector(stack: ExitStack, region: ServedRegion, directory: Path) ->
         region.root.stream_handler,
         checkpoint_path=directory / f"{settings.stage}-stream-checkpoint.json",
         dead_letter_path=directory / f"{settings.stage}-dead-letters.jsonl",
-        config=_LOCAL_POLLER,
+        config=LOCAL_POLLER,
         log=_say,
     )
     thread, stop = poller.start_thread()

@@ -34,7 +34,7 @@ from .dynamodb_local import DynamoDBLocal, EmbeddedDynamoDBError, java_available
 from .http_server import create_server
 from .journal import WriteJournal
 from .moto_server import MotoDynamoDB
-from .poller import PollerConfig, StreamPoller, stream_arn_of
+from .poller import LOCAL_POLLER, StreamPoller, stream_arn_of
 from .tables import ensure_tables
 from .tokens import operator_token, with_local_key
 
@@ -95,11 +95,6 @@ def _recover(journal: WriteJournal, client) -> None:
         _say(f"WARNING: a journaled write could not be replayed: {failure}")
 
 
-# Locally a record that fails is most likely DynamoDB Local being slow or restarting:
-# be patient before dead-lettering it.
-_LOCAL_POLLER = PollerConfig(max_attempts=10, backoff_cap_seconds=5.0)
-
-
 def _start_projector(stack: ExitStack, root: Root, data_dir: Path) -> StreamPoller:
     """Poll the events stream in a thread until the stack unwinds; return where its files are."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -113,7 +108,7 @@ def _start_projector(stack: ExitStack, root: Root, data_dir: Path) -> StreamPoll
         root.stream_handler,
         checkpoint_path=data_dir / f"{settings.stage}-stream-checkpoint.json",
         dead_letter_path=data_dir / f"{settings.stage}-dead-letters.jsonl",
-        config=_LOCAL_POLLER,
+        config=LOCAL_POLLER,
     )
     thread, stop = poller.start_thread()
 
