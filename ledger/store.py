@@ -16,6 +16,8 @@ account refused costs no second read.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -53,6 +55,41 @@ _UNAVAILABLE_CODES = frozenset(
         "ServiceUnavailable",
     }
 )
+
+
+# BatchGetItem answers what it could and hands back the rest as UnprocessedKeys (the
+# table throttled, or the answer reached 16 MB). Ask again for those, backing off
+# exponentially with full jitter as AWS advises; give up only after this many answers
+# in a row brought nothing (about 0.8 s of waiting at most), so a throttled table is a
+# fast, retryable refusal, never a hang.
+BATCH_GET_ATTEMPTS = 6
+_BATCH_GET_BACKOFF_SECONDS = 0.025
+
+
+def batch_get_all(client: Any, request: dict[str, Any], sleep: Callable[[float], None] = time.sleep) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(table, item) for every item a BatchGetItem request finds, its unprocessed keys asked for again.
+
+    Raises a `ProvisionedThroughputExceededException` ClientError, which every caller
+    already takes as retryable (a 503, a batch retried), when DynamoDB keeps the keys.
+    """
+    idle = 0
+    while request:
+        response = client.batch_get_item(RequestItems=request)
+        found = response.get("Responses", {})
+        for table, items in found.items():
+            for item in items:
+                yield table, item
+        request = response.get("UnprocessedKeys") or {}
+        if not request:
+            return
+        idle = 0 if any(found.values()) else idle + 1
+        if idle >= BATCH_GET_ATTEMPTS:
+            left = sum(len(table["Keys"]) for table in request.values())
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": f"BatchGetItem left {left} key(s) unprocessed {idle} times in a row"}},
+                "BatchGetItem",
+            )
+        sleep(random.uniform(0, _BATCH_GET_BACKOFF_SECONDS * 2**idle))
 
 
 @dataclass(frozen=True)
@@ -640,10 +677,7 @@ class EventStore:
             request: dict[str, Any] = {table: {"Keys": keys[start : start + 100], "ConsistentRead": True}}
             if projection:
                 request[table]["ProjectionExpression"] = projection
-            while request:
-                page = self._client.batch_get_item(RequestItems=request)
-                yield from page.get("Responses", {}).get(table, [])
-                request = page.get("UnprocessedKeys") or {}
+            yield from (item for _, item in batch_get_all(self._client, request))
 
     def account_ids(self) -> Iterator[str]:
         request: dict[str, Any] = {"TableName": self._tables.accounts, "ProjectionExpression": "account_id"}

@@ -53,7 +53,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ledger.events import Event
 from ledger.fold import Totals
 from ledger.ids import format_rfc3339
-from ledger.store import deserialize, event_from_item
+from ledger.store import batch_get_all, deserialize, event_from_item
 
 from .balances import BalanceChange
 from .schema import WATERMARK_KEY, ProjectionTables, balance_key
@@ -366,12 +366,8 @@ class BalanceStore:
         found: dict[str, dict[str, Any] | None] = {a: None for a in unknown}
         for start in range(0, len(unknown), 100):
             keys = [{"pk": {"S": balance_key(a)}} for a in unknown[start : start + 100]]
-            request: dict[str, Any] = {self._tables.balances: {"Keys": keys, "ConsistentRead": True}}
-            while request:
-                response = self._client.batch_get_item(RequestItems=request)
-                for item in response.get("Responses", {}).get(self._tables.balances, []):
-                    found[item["account_id"]["S"]] = item
-                request = response.get("UnprocessedKeys") or {}
+            for _, item in batch_get_all(self._client, {self._tables.balances: {"Keys": keys, "ConsistentRead": True}}):
+                found[item["account_id"]["S"]] = item
         for account_id, item in found.items():
             if item is not None:
                 self._remember(account_id, item)
@@ -736,11 +732,8 @@ class BalanceStore:
         if self._accounts_table:
             request[self._accounts_table] = {"Keys": [{"account_id": {"S": account_id}}]}
         found: dict[str, list[dict[str, Any]]] = {}
-        while request:
-            response = self._client.batch_get_item(RequestItems=request)
-            for table, items in response.get("Responses", {}).items():
-                found.setdefault(table, []).extend(items)
-            request = response.get("UnprocessedKeys") or {}
+        for table, item in batch_get_all(self._client, request):
+            found.setdefault(table, []).append(item)
         views = {item["pk"]["S"]: item for item in found.get(self._tables.balances, [])}
         accounts = found.get(self._accounts_table or "", [])
         watermark = views.get(WATERMARK_KEY)

@@ -24,6 +24,7 @@ from api_client import Api
 from dataclasses import replace
 
 from ledger.config import Settings, dynamodb_client
+from ledger.store import BATCH_GET_ATTEMPTS
 from runtime.dynamodb_local import pick_free_port
 
 BOTOCORE_ATTEMPTS = 3  # ledger.config.REQUEST_PATH
@@ -197,3 +198,42 @@ def test_every_write_to_an_unreachable_store_is_a_503(unreachable, path, body):
 
     assert_store_unavailable(api.post(path, body))
     assert sum(faults.attempts.values()) <= BOTOCORE_ATTEMPTS
+
+
+def _keeps_every_key(request: Any) -> AWSResponse:
+    """BatchGetItem's answer when the table throttles it: nothing read, every key unprocessed (a 200, no error)."""
+    asked = json.loads(request.body)["RequestItems"]
+    body = json.dumps({"Responses": {table: [] for table in asked}, "UnprocessedKeys": asked}).encode()
+    return AWSResponse("https://dynamodb.us-east-1.amazonaws.com/", 200, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body))
+
+
+def test_a_replay_whose_events_dynamodb_keeps_unprocessed_is_a_503_after_bounded_attempts(faulty, table_snapshot):
+    """A replay reads the write's events with BatchGetItem; a table that never processes them is a fast 503, not a hang."""
+    api, faults = faulty
+    first = api.post("/transfers", {"from_account": "alice", "to_account": "bob", "amount": 5, "currency": "EUR"}, key="throttled-replay")
+    before = table_snapshot()
+    faults.on("BatchGetItem", _keeps_every_key)
+
+    assert_store_unavailable(api.post("/transfers", {"from_account": "alice", "to_account": "bob", "amount": 5, "currency": "EUR"}, key="throttled-replay"))
+    assert_store_unavailable(api.get(first.headers["location"]))
+    assert faults.attempts["BatchGetItem"] == 2 * BATCH_GET_ATTEMPTS
+    assert table_snapshot() == before
+
+
+def test_keys_dynamodb_leaves_unprocessed_once_are_read_again_and_the_replay_is_whole(faulty):
+    api, faults = faulty
+    body = {"from_account": "alice", "to_account": "bob", "amount": 5, "currency": "EUR"}
+    first = api.post("/transfers", body, key="once-throttled")
+    stalled: list[int] = []
+
+    def once(request: Any) -> AWSResponse | None:
+        if stalled:
+            return None
+        stalled.append(1)
+        return _keeps_every_key(request)
+
+    faults.on("BatchGetItem", once)
+    again = api.post("/transfers", body, key="once-throttled")
+
+    assert again.status == 201 and again.json == first.json
+    assert faults.attempts["BatchGetItem"] == 2
