@@ -201,8 +201,7 @@ def differences(snapshots: dict[str, dict[str, Any]]) -> list[str]:
         for key in keys:
             values = {n: snapshots[n][part].get(key) for n in names}
             if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
-                shown = "; ".join(f"{n}={_short(v)}" for n, v in values.items())
-                found.append(f"{label} of {key} differs: {shown}")
+                found.append(f"{label} of {key} differs: {_shown(values)}")
     for name in names:
         for account, totals in snapshots[name]["folds"].items():
             figures = (totals.balance, totals.credits, totals.debits, totals.event_count)
@@ -210,6 +209,16 @@ def differences(snapshots: dict[str, dict[str, Any]]) -> list[str]:
             if view != figures:
                 found.append(f"balance of {account} in {name} is {view} (balance, credits, debits, events); its log folds to {figures}")
     return found
+
+
+def _shown(values: dict[str, Any]) -> str:
+    """Each region's version; of items, only the attributes that differ (every stamp in full, to see who wrote last)."""
+    items = [v for v in values.values() if isinstance(v, dict)]
+    if len(items) == len(values):
+        names = sorted(set().union(*items))
+        differing = [a for a in names if len({json.dumps(i.get(a), sort_keys=True) for i in items}) > 1]
+        values = {n: {a: item.get(a, "absent") for a in differing} for n, item in values.items()}
+    return "; ".join(f"{n}={_short(v)}" for n, v in values.items())
 
 
 def _short(value: Any) -> str:
