@@ -60,7 +60,7 @@ _UNAVAILABLE_CODES = frozenset(
 # BatchGetItem answers what it could and hands back the rest as UnprocessedKeys (the
 # table throttled, or the answer reached 16 MB). Ask again for those, backing off
 # exponentially with full jitter as AWS advises; give up only after this many answers
-# in a row brought nothing (about 0.8 s of waiting at most), so a throttled table is a
+# in a row brought nothing (under 0.8 s of waiting in all), so a throttled table is a
 # fast, retryable refusal, never a hang.
 BATCH_GET_ATTEMPTS = 6
 _BATCH_GET_BACKOFF_SECONDS = 0.025
@@ -89,7 +89,7 @@ def batch_get_all(client: Any, request: dict[str, Any], sleep: Callable[[float],
                 {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": f"BatchGetItem left {left} key(s) unprocessed {idle} times in a row"}},
                 "BatchGetItem",
             )
-        sleep(random.uniform(0, _BATCH_GET_BACKOFF_SECONDS * 2**idle))
+        sleep(random.uniform(0, _BATCH_GET_BACKOFF_SECONDS * 2 ** (idle - 1)))
 
 
 @dataclass(frozen=True)
