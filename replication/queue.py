@@ -3,11 +3,14 @@
 A shipment is one item's new image (or its deletion) bound for one region. It is
 written here before the stream checkpoint that captured it moves on, and removed
 only after it was applied, so a crash or restart of the replicator loses nothing; it
-may apply a shipment twice, which last-writer-wins makes harmless. Per item and
-region, only the newest due version leaves, and every older one is dropped with
-it: an item is never replaced by an older version of itself (per-item order, as
-Global Tables keeps it), and a hot item updated many times a second costs one write
-per round, not one per update. Different items leave in any order.
+may apply a shipment twice, which last-writer-wins makes harmless. Per item, source
+and destination, only the newest due version leaves, and that source's older ones
+are dropped with it: an item is never replaced by an older version of itself (per-item
+order, as Global Tables keeps it), and a hot item updated many times a second costs
+one write per round, not one per update. Versions of one item from different sources
+all leave, and last-writer-wins picks among them where they land: capture order says
+nothing about which was written last, so dropping one source's version for another's
+could lose the newest in a third region for good. Different items leave in any order.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ CREATE TABLE IF NOT EXISTS shipments (
     stamp_region TEXT NOT NULL,
     due_at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS per_item ON shipments (dest, table_name, item_key, id);
+CREATE INDEX IF NOT EXISTS per_source_item ON shipments (source, dest, table_name, item_key, id);
 """
 
 
@@ -79,25 +82,25 @@ class ShipmentQueue:
             self._db.execute("COMMIT")
 
     def ready(self, now: float) -> list[Shipment]:
-        """Per item and destination, the newest shipment that is due."""
+        """Per item, source and destination, the newest shipment that is due."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, source, dest, table_name, item_key, kind, image, stamp_time, stamp_region, due_at"
-                " FROM shipments s WHERE due_at <= ? AND id = (SELECT MAX(id) FROM shipments t"
-                " WHERE t.dest = s.dest AND t.table_name = s.table_name AND t.item_key = s.item_key AND t.due_at <= ?)",
+                " FROM shipments s WHERE due_at <= ? AND id = (SELECT MAX(id) FROM shipments t WHERE t.source = s.source"
+                " AND t.dest = s.dest AND t.table_name = s.table_name AND t.item_key = s.item_key AND t.due_at <= ?)",
                 (now, now),
             ).fetchall()
         return [_shipment(row) for row in rows]
 
     def done(self, shipments: list[Shipment]) -> None:
-        """Forget applied shipments and every older version of their items, in one commit."""
+        """Forget applied shipments and their sources' older versions of their items, in one commit."""
         if not shipments:
             return
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "DELETE FROM shipments WHERE dest = ? AND table_name = ? AND item_key = ? AND id <= ?",
-                [(s.dest, s.table, _key(s.key), s.id) for s in shipments],
+                "DELETE FROM shipments WHERE source = ? AND dest = ? AND table_name = ? AND item_key = ? AND id <= ?",
+                [(s.source, s.dest, s.table, _key(s.key), s.id) for s in shipments],
             )
             self._db.execute("COMMIT")
 

@@ -14,8 +14,9 @@ What it does, and why each part matches Global Tables (multi-region eventual con
   region ends with the same item whatever the order of arrival; ties go to the
   greater region name. Events are immutable: put if absent.
 - **Per-item order, configurable lag**: an item never reaches a region as an older
-  version after a newer one (only the newest due version leaves; the older ones are
-  dropped); each shipment waits a fixed lag plus a random jitter.
+  version after a newer one from the same region (only each source's newest due
+  version leaves; its older ones are dropped; versions from different sources all
+  leave and last-writer-wins picks); each shipment waits a fixed lag plus a random jitter.
 - **Partitions**: a direction can be cut (`partition`); its shipments wait in the
   durable queue (`replication.queue`) and leave once it heals. Stream checkpoints
   move only after the shipments are queued, so a restart loses nothing.

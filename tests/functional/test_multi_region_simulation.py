@@ -175,3 +175,25 @@ def test_a_balance_kept_with_add_on_a_replicated_item_loses_increments_and_the_l
         print(f"naive counter: {counters[east.name]} of {2 * increments} increments kept; the ledger's balances: {views}")
     finally:
         drop(world)
+
+
+def test_an_item_written_in_two_regions_at_once_converges_in_a_third(moto, tmp_path):
+    """The newer of two regions' versions must reach the third region even when the replicator captured it
+    before the older one (it reads us-east-1's stream before eu-west-1's): per item, each source's newest
+    version leaves, never only the version captured last."""
+    world = World(REGIONS, f"sim{next(_worlds)}", tmp_path, seed=11, lag=Lag(100, 0))
+    east, west, south = (world.regions[name] for name in REGIONS)
+    accounts = east.root.settings.tables.accounts
+    try:
+        east.root.ledger.open_account(Caller("t", "open"), OpenAccountRequest(account_id="shared", currency="EUR"))
+        world.settle()
+        for _ in range(5):  # eu-west-1 writes, then us-east-1: us-east-1's version is the newer every time
+            _add(west.root.dynamodb, accounts, 1)
+            _add(east.root.dynamodb, accounts, 10)
+            world.replicator.step()
+        world.settle()
+
+        versions = {name: world.items(name, "accounts")["naive-counter"] for name in REGIONS}
+        assert versions[south.name] == versions[east.name] == versions[west.name], versions
+    finally:
+        drop(world)
