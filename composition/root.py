@@ -108,6 +108,8 @@ class Root:
             region=self.settings.region,
             window=self.projection_window,
             writes=self.projection_writes,
+            # A fenced home may have been failed over from: it settles nothing until its lease is back.
+            may_settle=(lambda: not self.lease.fenced()) if self.lease is not None else None,
         )
 
     @cached_property

@@ -31,6 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ledger.errors import RegionFenced
 
@@ -125,8 +126,11 @@ class Lease:
                 region=self.region,
             )
 
-    def run(self, stop: threading.Event, log: Callable[[str], None] = lambda message: None) -> None:
-        """Tick until `stop`, a few times per lease; a failed tick is one missed beat."""
+    def run(
+        self, stop: threading.Event, log: Callable[[str], None] = lambda message: None, while_held: Callable[[], Any] | None = None
+    ) -> None:
+        """Tick until `stop`, a few times per lease; a failed tick is one missed beat. `while_held` runs after
+        every tick that leaves the lease held (the projector's settles kept while fenced)."""
         interval = min(2.0, max(0.05, self.lease_seconds / 5))
         was_fenced: bool | None = None
         while not stop.is_set():
@@ -135,6 +139,11 @@ class Lease:
             except Exception as exc:  # noqa: BLE001 - the store may be down; the lease then runs out
                 log(f"{self.region}: heartbeat failed ({type(exc).__name__}); the lease runs out if this lasts")
             fenced = self.fenced()
+            if not fenced and while_held is not None:
+                try:
+                    while_held()
+                except Exception as exc:  # noqa: BLE001 - tried again after the next beat
+                    log(f"{self.region}: settling what was kept while fenced failed ({type(exc).__name__}); retrying")
             if was_fenced is not None and fenced != was_fenced:
                 log(f"{self.region}: " + ("fenced: it takes no writes" if fenced else "lease renewed: it takes writes"))
             was_fenced = fenced

@@ -37,6 +37,14 @@ Events recorded in another region (and credit legs recorded outside the account'
 home) are added to the account's `available` by its home region, in the same
 transaction as the balance write, so exactly once. `elsewhere` sums what the view
 has handled of those, so that a recount settles exactly the newly counted part.
+
+A home that holds a write lease (`serve --regions`) settles only while it holds it.
+Fenced, it may have been failed over from by force: a settle then would write the
+account item after the new home took it over, and that newest version would hand the
+account back to the fenced region everywhere by last-writer-wins. So a fenced home
+keeps the amount in the balance item (`unsettled`) and settles it with the account's
+next write once its lease is back, or `settle_deferred` does; if the account moved
+meanwhile, the new home counted it and the amount is dropped.
 """
 from __future__ import annotations
 
@@ -185,6 +193,7 @@ class _View:
     recent: frozenset[str]
     totals: Totals
     elsewhere: int
+    unsettled: int  # settled into `available` once the home holds its lease again
 
     @classmethod
     def of(cls, item: dict[str, Any]) -> _View:
@@ -211,6 +220,7 @@ class _View:
             recent=frozenset(item.get("recent", {}).get("SS", [])),
             totals=totals,
             elsewhere=number("elsewhere"),
+            unsettled=number("unsettled"),
         )
 
 
@@ -252,6 +262,7 @@ class BalanceStore:
         region: str | None = None,
         window: int | None = None,
         writes: Writes = "items",
+        may_settle: Callable[[], bool] | None = None,
     ) -> None:
         self._client = client
         self._tables = tables
@@ -264,6 +275,10 @@ class BalanceStore:
         # commits each request to disk once, where 100 separate writes wait for 100 commits; on
         # AWS it would cost two write units per item).
         self._writes = writes
+        # Whether this home may write `available` now (its write lease); None: no lease, always.
+        self._may_settle = may_settle
+        self._deferred: set[str] = set()  # accounts whose item holds an `unsettled` amount
+        self._deferred_unknown = may_settle is not None  # a process before this one may have left some
         self._lock = threading.Lock()
         # The balance items as this process last wrote or read them, least recently used first.
         self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -465,7 +480,8 @@ class BalanceStore:
             item["recent"] = {"SS": recent}
         if elsewhere:
             item["elsewhere"] = {"N": str(elsewhere)}
-        return _Plan(new, list(new), duplicates, item, elsewhere - (view.elsewhere if view else 0))
+        settle = elsewhere - (view.elsewhere if view else 0) + (view.unsettled if view else 0)
+        return _Plan(new, list(new), duplicates, item, settle)
 
     def _put_all(self, writes: list[tuple[str, dict[str, Any] | None, _Plan]], outcomes: dict[str, Outcome]) -> dict[str, Exception | None]:
         """Write each planned item if its balance item is still the one planned from; per account: None (written),
@@ -474,6 +490,7 @@ class BalanceStore:
         single: list[tuple[str, dict[str, Any] | None, _Plan]] = []
         batched: list[tuple[str, dict[str, Any] | None, _Plan]] = []
         for write in writes:
+            self._defer_if_fenced(write[0], write[2])
             settles = write[2].settle and self._region and self._accounts_table
             (single if settles or self._writes == "items" else batched).append(write)
         if len(batched) == 1:
@@ -495,6 +512,52 @@ class BalanceStore:
             except Exception as exc:  # noqa: BLE001 - sorted by the caller
                 results[account_id] = exc
         return results
+
+    def _defer_if_fenced(self, account_id: str, plan: _Plan) -> None:
+        """Without the lease, keep what the plan would settle in the balance item instead (see the module's doc)."""
+        if not plan.settle or self._may_settle is None or not self._region or not self._accounts_table or self._may_settle():
+            return
+        assert plan.item is not None
+        plan.item["unsettled"] = {"N": str(plan.settle)}
+        plan.settle = 0
+        with self._lock:
+            self._deferred.add(account_id)
+
+    def settle_deferred(self) -> int:
+        """Settle what was kept while fenced, now that the lease is held: each amount once, at home; dropped
+        for an account homed elsewhere now. Returns how many accounts were settled or dropped."""
+        if self._may_settle is None or not self._may_settle():
+            return 0
+        if self._deferred_unknown:
+            found = self._client.get_paginator("scan").paginate(
+                TableName=self._tables.balances, ConsistentRead=True, ProjectionExpression="account_id",
+                FilterExpression="attribute_exists(unsettled)",
+            )  # fmt: skip
+            with self._lock:
+                self._deferred.update(item["account_id"]["S"] for page in found for item in page.get("Items", []))
+                self._deferred_unknown = False
+        with self._lock:
+            accounts = sorted(self._deferred)
+        done = 0
+        for account_id, before in self._items_of(accounts).items() if accounts else ():
+            view = _View.of(before) if before is not None else None
+            if view is None or not view.unsettled:
+                self._discard_deferred(account_id)
+                continue
+            item = {k: v for k, v in before.items() if k != "unsettled"}  # type: ignore[union-attr]
+            item["version"] = {"N": str(view.version + 1)}
+            item["updated_at"] = {"S": format_rfc3339_epoch(self._clock())}
+            try:
+                self._put(account_id, before, item, view.unsettled)
+            except (_Stale, Contention, AccountNotHereYet):
+                continue  # the item moved on, or the account is not here yet: the next call tries again
+            self._discard_deferred(account_id)
+            done += 1
+        return done
+
+    def _discard_deferred(self, account_id: str) -> None:
+        with self._lock:
+            self._deferred.discard(account_id)
 
     def _transact_chunk(self, chunk: list[tuple[str, dict[str, Any] | None, _Plan]], outcomes: dict[str, Outcome]) -> dict[str, Exception | None]:
         """The same conditional puts in one TransactWriteItems: all written, or none (those refused are planned
@@ -633,18 +696,21 @@ class BalanceStore:
             self._forget(account_id)
 
     def folded_exactly(self, account_id: str, event_count: int) -> dict[str, Any]:
-        """A condition check, for another store's transaction: this region's view folded exactly `event_count` events.
+        """For another store's transaction: on the condition that this region's view folded exactly `event_count`
+        events, drop what it kept unsettled while fenced (a new version, so a put planned before is refused).
 
         A move of a home recomputes `available` from the log; committing that on this check
         ties it to the projector, which settles what it folds after the move and never what
-        it folded before.
+        it folded before, nor what it kept: the recompute counted that.
         """
+        self._forget(account_id)
         return {
-            "ConditionCheck": {
+            "Update": {
                 "TableName": self._tables.balances,
                 "Key": {"pk": {"S": balance_key(account_id)}},
                 "ConditionExpression": "event_count = :n",
-                "ExpressionAttributeValues": {":n": {"N": str(event_count)}},
+                "UpdateExpression": "SET version = if_not_exists(version, :zero) + :one REMOVE unsettled",
+                "ExpressionAttributeValues": {":n": {"N": str(event_count)}, ":zero": {"N": "0"}, ":one": {"N": "1"}},
             }
         }
 

@@ -133,6 +133,7 @@ class World:
         for region in [self.regions[name]] if name else self.regions.values():
             if region.root.lease is not None:
                 region.root.lease.tick()
+                region.root.balance_store.settle_deferred()  # as serve's lease thread does while the lease is held
 
     def hold_leases(self, max_rounds: int = 20) -> None:
         """Beat and replicate until every region holds its lease (as `serve --regions` does before it is ready)."""

@@ -232,7 +232,8 @@ def _published(region: ServedRegion) -> dict[str, str]:
 
 
 def _start_lease(stack: ExitStack, region: ServedRegion, stop: threading.Event) -> None:
-    beat = threading.Thread(target=region.lease.run, args=(stop, _say), name=f"lease-{region.name}", daemon=True)
+    settle = region.root.balance_store.settle_deferred
+    beat = threading.Thread(target=region.lease.run, args=(stop, _say, settle), name=f"lease-{region.name}", daemon=True)
     beat.start()
     stack.callback(beat.join, 5)
 

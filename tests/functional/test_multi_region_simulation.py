@@ -30,7 +30,9 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from ledger.commands import MovementRequest, OpenAccountRequest
+from failover.lease import IN_FLIGHT_SECONDS, wait_seconds
+from failover.move import Move
+from ledger.commands import MovementRequest, OpenAccountRequest, TransferRequest
 from ledger.service import Caller
 from profiles import examples
 from replication.replicator import Lag
@@ -78,7 +80,8 @@ def run_with_failovers(seed: int, tmp: Path, mode: str) -> None:
     try:
         model = run_schedule(world, FAILOVER_STEPS, failovers=mode, batches=batches_of(seed) and seed not in FOUND_BUGS)  # type: ignore[arg-type]
         world.settle()
-        world.hold_leases()
+        world.hold_leases()  # each region, its lease back, settles what it kept while fenced
+        world.settle()
         check_converged(world, model, split=model.forced())
         check_reconciled(world, model, override=mode == "override")
         batches = sum("results" in body for body in model.acked.values())
@@ -195,5 +198,85 @@ def test_an_item_written_in_two_regions_at_once_converges_in_a_third(moto, tmp_p
 
         versions = {name: world.items(name, "accounts")["naive-counter"] for name in REGIONS}
         assert versions[south.name] == versions[east.name] == versions[west.name], versions
+    finally:
+        drop(world)
+
+
+def test_a_credit_the_old_home_settles_after_a_forced_take_over_does_not_take_the_account_back(moto, tmp_path):
+    """A transfer from eu-west-1 credits ann, homed in us-east-1: its credit leg reaches us-east-1, which is cut off
+    before its projector settles it, and fences itself; eu-west-1 takes ann over by force, honouring the lease.
+    When us-east-1's projector then catches up, it must not settle into the account item: that version would be
+    the newest, and last-writer-wins would hand ann back to a fenced region everywhere once the partition heals."""
+    world = World(REGIONS, f"sim{next(_worlds)}", tmp_path, seed=5, lease_seconds=5.0)
+    east, west, south = (world.regions[name] for name in REGIONS)
+    try:
+        world.hold_leases()
+        east.root.ledger.open_account(Caller("t", "open-ann"), OpenAccountRequest(account_id="ann", currency="EUR"))
+        west.root.ledger.open_account(Caller("t", "open-bob"), OpenAccountRequest(account_id="bob", currency="EUR", allow_overdraft=True))
+        world.settle()
+        world.hold_leases()
+        west.root.ledger.transfer(Caller("t", "pay-ann"), TransferRequest(from_account="bob", to_account="ann", amount=7, currency="EUR"))
+        world.advance(3600.0)
+        world.replicator.step()  # the credit leg reaches us-east-1; its projector has not run
+        for peer in (west.name, south.name):
+            world.replicator.partitions |= {(east.name, peer), (peer, east.name)}
+
+        world.advance(5.0 + IN_FLIGHT_SECONDS + 1)  # us-east-1's lease runs out; its peers stop hearing it
+        world.tick()
+        world.replicator.step()
+        assert east.root.lease.fenced()
+        beats, exclusions = west.root.heartbeats.read()
+        world.advance(wait_seconds(beats, east.name, world.now, west.name))
+        move = Move(east.root, west.root)
+        west.root.heartbeats.set_exclusions(west.name, exclusions.get(west.name, set()) | {east.name})
+        world.project(west.name)  # as the command waits for the new home's projector
+        [account] = move.select(west.root.event_store.accounts())
+        assert move.take_over(account)
+
+        world.project(east.name)  # the old home's projector catches up while still cut off
+        world.settle()
+
+        homes = {name: world.items(name, "accounts")["ann"]["home_region"]["S"] for name in REGIONS}
+        assert homes == {name: west.name for name in REGIONS}, homes
+        available = {name: int(world.items(name, "accounts")["ann"]["available"]["N"]) for name in REGIONS}
+        assert available == {name: 7 for name in REGIONS}, available
+        assert {name: world.balances(name)["ann"].balance for name in REGIONS} == {name: 7 for name in REGIONS}
+    finally:
+        drop(world)
+
+
+def test_a_credit_a_fenced_home_kept_is_settled_once_when_its_lease_is_back(moto, tmp_path):
+    """Cut off without a fail-over: us-east-1 projects the credit leg while fenced and keeps the amount in the
+    balance item; once the partition heals and it holds its lease again, the amount reaches `available`, once."""
+    world = World(REGIONS, f"sim{next(_worlds)}", tmp_path, seed=6, lease_seconds=5.0)
+    east, west, south = (world.regions[name] for name in REGIONS)
+    try:
+        world.hold_leases()
+        east.root.ledger.open_account(Caller("t", "open-ann"), OpenAccountRequest(account_id="ann", currency="EUR"))
+        west.root.ledger.open_account(Caller("t", "open-bob"), OpenAccountRequest(account_id="bob", currency="EUR", allow_overdraft=True))
+        world.settle()
+        world.hold_leases()
+        west.root.ledger.transfer(Caller("t", "pay-ann"), TransferRequest(from_account="bob", to_account="ann", amount=7, currency="EUR"))
+        world.advance(3600.0)
+        world.replicator.step()
+        for peer in (west.name, south.name):
+            world.replicator.partitions |= {(east.name, peer), (peer, east.name)}
+        world.advance(5.0 + IN_FLIGHT_SECONDS + 1)
+        world.tick()
+        assert east.root.lease.fenced()
+
+        world.project(east.name)
+        assert world.balances(east.name)["ann"].balance == 7
+        assert world.items(east.name, "accounts")["ann"]["available"]["N"] == "0"  # kept, not settled
+        assert east.root.balance_store.settle_deferred() == 0  # still fenced
+
+        world.settle()
+        world.hold_leases()
+        world.settle()
+
+        available = {name: int(world.items(name, "accounts")["ann"]["available"]["N"]) for name in REGIONS}
+        assert available == {name: 7 for name in REGIONS}, available
+        assert east.root.balance_store.settle_deferred() == 0  # settled once: nothing left
+        assert {name: world.items(name, "accounts")["ann"]["home_region"]["S"] for name in REGIONS} == {name: east.name for name in REGIONS}
     finally:
         drop(world)
