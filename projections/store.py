@@ -679,6 +679,12 @@ class BalanceStore:
         elsewhere = self._settle_amount(events)
         if elsewhere:
             item["elsewhere"] = {"N": str(elsewhere)}
+        if read_version is not None:  # what a fenced home kept to settle is not the view's to drop
+            kept = self._client.get_item(
+                TableName=self._tables.balances, Key={"pk": {"S": balance_key(account_id)}}, ConsistentRead=True
+            ).get("Item", {}).get("unsettled")
+            if kept:
+                item["unsettled"] = kept
         put: dict[str, Any] = {"TableName": self._tables.balances, "Item": item}
         if read_version is None:
             put["ConditionExpression"] = "attribute_not_exists(pk)"
