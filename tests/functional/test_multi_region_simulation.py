@@ -202,29 +202,35 @@ def test_an_item_written_in_two_regions_at_once_converges_in_a_third(moto, tmp_p
         drop(world)
 
 
+def credit_leg_reaches_a_home_cut_off_before_it_projects(world: World) -> None:
+    """A transfer in eu-west-1 credits ann (7), homed in us-east-1; the leg reaches us-east-1 and, before its
+    projector runs, us-east-1 is cut off from both peers until its lease runs out and it fences itself."""
+    east, west, south = (world.regions[name] for name in REGIONS)
+    world.hold_leases()
+    east.root.ledger.open_account(Caller("t", "open-ann"), OpenAccountRequest(account_id="ann", currency="EUR"))
+    west.root.ledger.open_account(Caller("t", "open-bob"), OpenAccountRequest(account_id="bob", currency="EUR", allow_overdraft=True))
+    world.settle()
+    world.hold_leases()
+    west.root.ledger.transfer(Caller("t", "pay-ann"), TransferRequest(from_account="bob", to_account="ann", amount=7, currency="EUR"))
+    world.advance(3600.0)
+    world.replicator.step()
+    for peer in (west.name, south.name):
+        world.replicator.partitions |= {(east.name, peer), (peer, east.name)}
+    world.advance(world.lease_seconds + IN_FLIGHT_SECONDS + 1)  # its peers stop hearing it
+    world.tick()
+    assert east.root.lease.fenced()
+
+
 def test_a_credit_the_old_home_settles_after_a_forced_take_over_does_not_take_the_account_back(moto, tmp_path):
     """A transfer from eu-west-1 credits ann, homed in us-east-1: its credit leg reaches us-east-1, which is cut off
     before its projector settles it, and fences itself; eu-west-1 takes ann over by force, honouring the lease.
     When us-east-1's projector then catches up, it must not settle into the account item: that version would be
     the newest, and last-writer-wins would hand ann back to a fenced region everywhere once the partition heals."""
     world = World(REGIONS, f"sim{next(_worlds)}", tmp_path, seed=5, lease_seconds=5.0)
-    east, west, south = (world.regions[name] for name in REGIONS)
+    east, west, _ = (world.regions[name] for name in REGIONS)
     try:
-        world.hold_leases()
-        east.root.ledger.open_account(Caller("t", "open-ann"), OpenAccountRequest(account_id="ann", currency="EUR"))
-        west.root.ledger.open_account(Caller("t", "open-bob"), OpenAccountRequest(account_id="bob", currency="EUR", allow_overdraft=True))
-        world.settle()
-        world.hold_leases()
-        west.root.ledger.transfer(Caller("t", "pay-ann"), TransferRequest(from_account="bob", to_account="ann", amount=7, currency="EUR"))
-        world.advance(3600.0)
-        world.replicator.step()  # the credit leg reaches us-east-1; its projector has not run
-        for peer in (west.name, south.name):
-            world.replicator.partitions |= {(east.name, peer), (peer, east.name)}
-
-        world.advance(5.0 + IN_FLIGHT_SECONDS + 1)  # us-east-1's lease runs out; its peers stop hearing it
-        world.tick()
+        credit_leg_reaches_a_home_cut_off_before_it_projects(world)
         world.replicator.step()
-        assert east.root.lease.fenced()
         beats, exclusions = west.root.heartbeats.read()
         world.advance(wait_seconds(beats, east.name, world.now, west.name))
         move = Move(east.root, west.root)
@@ -249,21 +255,9 @@ def test_a_credit_a_fenced_home_kept_is_settled_once_when_its_lease_is_back(moto
     """Cut off without a fail-over: us-east-1 projects the credit leg while fenced and keeps the amount in the
     balance item; once the partition heals and it holds its lease again, the amount reaches `available`, once."""
     world = World(REGIONS, f"sim{next(_worlds)}", tmp_path, seed=6, lease_seconds=5.0)
-    east, west, south = (world.regions[name] for name in REGIONS)
+    east = world.regions[REGIONS[0]]
     try:
-        world.hold_leases()
-        east.root.ledger.open_account(Caller("t", "open-ann"), OpenAccountRequest(account_id="ann", currency="EUR"))
-        west.root.ledger.open_account(Caller("t", "open-bob"), OpenAccountRequest(account_id="bob", currency="EUR", allow_overdraft=True))
-        world.settle()
-        world.hold_leases()
-        west.root.ledger.transfer(Caller("t", "pay-ann"), TransferRequest(from_account="bob", to_account="ann", amount=7, currency="EUR"))
-        world.advance(3600.0)
-        world.replicator.step()
-        for peer in (west.name, south.name):
-            world.replicator.partitions |= {(east.name, peer), (peer, east.name)}
-        world.advance(5.0 + IN_FLIGHT_SECONDS + 1)
-        world.tick()
-        assert east.root.lease.fenced()
+        credit_leg_reaches_a_home_cut_off_before_it_projects(world)
 
         world.project(east.name)
         assert world.balances(east.name)["ann"].balance == 7
