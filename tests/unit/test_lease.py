@@ -7,6 +7,7 @@ region's items to the others except across a cut, as the replicator would.
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 
@@ -178,3 +179,54 @@ def test_with_two_regions_a_forced_fail_over_has_no_witness_and_never_waits_the_
     for asking, region in (("b", "a"), ("a", "b")):
         beats, _ = _Replica(net, asking).read()
         assert wait_seconds(beats, region, net.now, asking) == math.inf
+
+
+class _StopsAfterBeats(_Replica):
+    """A replica that ends `Lease.run` after `beats` beats (each beat is one pass of its loop)."""
+
+    def __init__(self, net: Net, region: str, stop, beats: int) -> None:
+        super().__init__(net, region)
+        self.stop, self.left = stop, beats
+
+    def beat(self, heartbeat: Heartbeat) -> None:
+        super().beat(heartbeat)
+        self.left -= 1
+        if self.left == 0:
+            self.stop.set()
+
+
+def _run(names: list[str], beats: int, while_held) -> list[str]:
+    net, stop, logged = Net(names), threading.Event(), []
+    # A short lease: the loop waits a fifth of it between beats.
+    lease = Lease(names[0], names, _StopsAfterBeats(net, names[0], stop, beats), 0.25, clock=lambda: net.now)
+    lease.run(stop, logged.append, while_held)
+    return logged
+
+
+def test_the_lease_loop_runs_the_settles_kept_while_fenced_after_every_beat_that_leaves_it_held():
+    calls: list[int] = []
+
+    _run(["us-east-1"], beats=3, while_held=lambda: calls.append(1))  # alone: held from the first beat
+
+    assert calls == [1, 1, 1]
+
+
+def test_the_lease_loop_runs_nothing_while_fenced():
+    calls: list[int] = []
+
+    _run(["us-east-1", "eu-west-1"], beats=2, while_held=lambda: calls.append(1))  # its peer never heard it
+
+    assert calls == []
+
+
+def test_a_failing_settle_is_logged_and_tried_again_after_the_next_beat():
+    calls: list[int] = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise RuntimeError("store down")
+
+    logged = _run(["us-east-1"], beats=2, while_held=failing)
+
+    assert calls == [1, 1]
+    assert sum("settling what was kept while fenced failed (RuntimeError)" in line for line in logged) == 2
